@@ -1,0 +1,1 @@
+"""Continual learning: EWC and baselines, stage-proportional prioritized replay, drift detection."""

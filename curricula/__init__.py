@@ -1,0 +1,1 @@
+"""Task sequences (CW10/CW20, quick sequences), difficulty progression and stages."""

@@ -1,0 +1,31 @@
+"""Sequence models for policies: S4D, S5 and Mamba layers, GRU/LSTM baselines, the selective scan
+and :class:`SequencePolicy`.
+
+Every layer offers ``initial_state(batch)``, ``forward(x, state=None, resets=None)`` and
+``step(x, state, reset=None)``; step and sequence mode agree to float precision.
+"""
+
+from .backend import BACKENDS
+from .base import SequenceLayer, State
+from .lti import S4D, S5
+from .mamba import Mamba
+from .registry import KINDS, make_layer
+from .rnn import GRU, LSTM
+from .scan import diagonal_linear_scan
+from .selective_scan import selective_scan, selective_scan_ref
+
+__all__ = [
+    "BACKENDS",
+    "GRU",
+    "KINDS",
+    "LSTM",
+    "S4D",
+    "S5",
+    "Mamba",
+    "SequenceLayer",
+    "State",
+    "diagonal_linear_scan",
+    "make_layer",
+    "selective_scan",
+    "selective_scan_ref",
+]

@@ -1,0 +1,306 @@
+// Fused CPU kernels for ssm/: the selective scan (forward and backward) and the Mamba step.
+//
+// Selective scan, per batch b and channel d, with a state h of N numbers kept in registers:
+//     h_t = exp(dt_t * A) * h_{t-1} + dt_t * u_t * B_t        (h_{t-1} := 0 where reset_t)
+//     y_t = <C_t, h_t>
+// The backward recomputes h_t for one channel at a time into a small scratch buffer (L x N) that
+// stays in cache, then runs the adjoint recurrence backwards; nothing of size B*D*L*N is stored.
+// Layouts: u, dt (B, D, L); A (D, N); Bt, Ct (B, G, L, N); h0 (B, D, N); resets (B, L) bool or
+// empty. Channels d of group g = d / (D / G) share B and C.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+template <typename T>
+inline T fast_exp(T x) { return std::exp(x); }
+
+struct Dims {
+  int64_t B, D, L, N, G, Dg;
+};
+
+Dims dims_of(const at::Tensor& u, const at::Tensor& A, const at::Tensor& Bt) {
+  Dims d;
+  d.B = u.size(0); d.D = u.size(1); d.L = u.size(2); d.N = A.size(1);
+  d.G = Bt.size(1); d.Dg = d.D / d.G;
+  return d;
+}
+
+void check_inputs(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& A,
+                  const at::Tensor& Bt, const at::Tensor& Ct, const at::Tensor& h0,
+                  const at::Tensor& resets) {
+  TORCH_CHECK(u.dim() == 3 && dt.sizes() == u.sizes(), "u, dt must be (B, D, L)");
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1), "A must be (D, N)");
+  TORCH_CHECK(Bt.dim() == 4 && Ct.sizes() == Bt.sizes(), "B, C must be (B, G, L, N)");
+  TORCH_CHECK(Bt.size(0) == u.size(0) && Bt.size(2) == u.size(2) && Bt.size(3) == A.size(1),
+              "B, C shape mismatch");
+  TORCH_CHECK(u.size(1) % Bt.size(1) == 0, "G must divide D");
+  TORCH_CHECK(h0.dim() == 3 && h0.size(0) == u.size(0) && h0.size(1) == u.size(1) &&
+              h0.size(2) == A.size(1), "h0 must be (B, D, N)");
+  TORCH_CHECK(resets.numel() == 0 || (resets.dim() == 2 && resets.size(0) == u.size(0) &&
+              resets.size(1) == u.size(2) && resets.scalar_type() == at::kBool),
+              "resets must be empty or (B, L) bool");
+  for (auto* t : {&u, &dt, &A, &Bt, &Ct, &h0}) {
+    TORCH_CHECK(t->is_contiguous(), "inputs must be contiguous");
+    TORCH_CHECK(t->scalar_type() == u.scalar_type(), "inputs must share a dtype");
+    TORCH_CHECK(t->device().is_cpu(), "inputs must be CPU tensors");
+  }
+}
+
+template <typename T>
+void scan_fwd_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T* Bt,
+                     const T* Ct, const T* h0, const bool* resets, T* y, T* hL) {
+  const int64_t N = s.N, L = s.L;
+  at::parallel_for(0, s.B * s.D, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> h(N), a(N);
+    for (int64_t bd = begin; bd < end; ++bd) {
+      const int64_t b = bd / s.D, d = bd % s.D, g = d / s.Dg;
+      const T* u_ = u + bd * L;
+      const T* dt_ = dt + bd * L;
+      const T* A_ = A + d * N;
+      const T* B_ = Bt + (b * s.G + g) * L * N;
+      const T* C_ = Ct + (b * s.G + g) * L * N;
+      const bool* r_ = resets ? resets + b * L : nullptr;
+      T* y_ = y + bd * L;
+      for (int64_t n = 0; n < N; ++n) { h[n] = h0[bd * N + n]; a[n] = A_[n]; }
+      T* hp = h.data();
+      const T* ap = a.data();
+      for (int64_t t = 0; t < L; ++t) {
+        const T dtt = dt_[t], du = dtt * u_[t];
+        const T keep = (r_ && r_[t]) ? T(0) : T(1);
+        const T* Bt_ = B_ + t * N;
+        const T* Ct_ = C_ + t * N;
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t n = 0; n < N; ++n) {
+          const T hn = fast_exp(dtt * ap[n]) * (keep * hp[n]) + du * Bt_[n];
+          hp[n] = hn;
+          acc += hn * Ct_[n];
+        }
+        y_[t] = acc;
+      }
+      for (int64_t n = 0; n < N; ++n) hL[bd * N + n] = h[n];
+    }
+  });
+}
+
+template <typename T>
+void scan_bwd_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T* Bt,
+                     const T* Ct, const T* h0, const bool* resets, const T* gy, const T* ghL,
+                     T* du, T* ddt, T* dA_part, T* dB_part, T* dC_part, T* dh0,
+                     int64_t n_chunks) {
+  // Work items: (b, g, chunk of the group's channels). dB/dC partial sums live per item and are
+  // reduced by the caller, so no two threads ever write the same memory.
+  const int64_t N = s.N, L = s.L;
+  const int64_t chunk = (s.Dg + n_chunks - 1) / n_chunks;
+  at::parallel_for(0, s.B * s.G * n_chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> hs((L + 1) * N), ea(L * N), g(N);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / (s.G * n_chunks), gr = (item / n_chunks) % s.G;
+      const int64_t c = item % n_chunks;
+      const T* B_ = Bt + (b * s.G + gr) * L * N;
+      const T* C_ = Ct + (b * s.G + gr) * L * N;
+      T* dB_ = dB_part + item * L * N;
+      T* dC_ = dC_part + item * L * N;
+      const bool* r_ = resets ? resets + b * L : nullptr;
+      const int64_t d_lo = gr * s.Dg + c * chunk;
+      const int64_t d_hi = std::min(gr * s.Dg + (c + 1) * chunk, (gr + 1) * s.Dg);
+      for (int64_t d = d_lo; d < d_hi; ++d) {
+        const int64_t bd = b * s.D + d;
+        const T* u_ = u + bd * L;
+        const T* dt_ = dt + bd * L;
+        const T* A_ = A + d * N;
+        const T* gy_ = gy + bd * L;
+        T* dA_ = dA_part + (b * s.D + d) * N;
+        // Recompute: hs[t+1] = h_t, hs[0] = h_{-1} (= h0); a reset zeroes the state read at t.
+        T* H = hs.data();
+        for (int64_t n = 0; n < N; ++n) H[n] = h0[bd * N + n];
+        for (int64_t t = 0; t < L; ++t) {
+          const T dtt = dt_[t], duu = dtt * u_[t];
+          const T keep = (r_ && r_[t]) ? T(0) : T(1);
+          const T* hp = H + t * N;
+          T* hn = H + (t + 1) * N;
+          T* e = ea.data() + t * N;
+          const T* Bt_ = B_ + t * N;
+#pragma omp simd
+          for (int64_t n = 0; n < N; ++n) {
+            e[n] = fast_exp(dtt * A_[n]);
+            hn[n] = e[n] * (keep * hp[n]) + duu * Bt_[n];
+          }
+        }
+        // Adjoint: g = dLoss/dh_t, carried backwards through h_t = e_t * (keep_t h_{t-1}) + ...
+        for (int64_t n = 0; n < N; ++n) g[n] = ghL[bd * N + n];
+        T* gp = g.data();
+        for (int64_t t = L - 1; t >= 0; --t) {
+          const T dtt = dt_[t], ut = u_[t], gyt = gy_[t];
+          const T keep = (r_ && r_[t]) ? T(0) : T(1);
+          const T* hcur = H + (t + 1) * N;
+          const T* hprev = H + t * N;
+          const T* e = ea.data() + t * N;
+          const T* Bt_ = B_ + t * N;
+          const T* Ct_ = C_ + t * N;
+          T* dBt = dB_ + t * N;
+          T* dCt = dC_ + t * N;
+          T sum_ddt = 0, sum_du = 0;
+#pragma omp simd reduction(+ : sum_ddt, sum_du)
+          for (int64_t n = 0; n < N; ++n) {
+            const T gn = gp[n] + gyt * Ct_[n];
+            dCt[n] += gyt * hcur[n];
+            const T hp = keep * hprev[n];
+            const T eh = e[n] * hp;
+            sum_ddt += gn * (A_[n] * eh + ut * Bt_[n]);
+            sum_du += gn * Bt_[n];
+            dBt[n] += gn * dtt * ut;
+            dA_[n] += gn * dtt * eh;
+            gp[n] = gn * e[n] * keep;
+          }
+          ddt[bd * L + t] = sum_ddt;
+          du[bd * L + t] = sum_du * dtt;
+        }
+        for (int64_t n = 0; n < N; ++n) dh0[bd * N + n] = g[n];
+      }
+    }
+  });
+}
+
+std::vector<at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor& dt,
+                                           const at::Tensor& A, const at::Tensor& Bt,
+                                           const at::Tensor& Ct, const at::Tensor& h0,
+                                           const at::Tensor& resets) {
+  check_inputs(u, dt, A, Bt, Ct, h0, resets);
+  const Dims s = dims_of(u, A, Bt);
+  auto y = at::empty_like(u);
+  auto hL = at::empty_like(h0);
+  const bool* r = resets.numel() ? resets.data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd", [&] {
+    scan_fwd_kernel<scalar_t>(s, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(),
+                              A.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
+                              Ct.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), r,
+                              y.data_ptr<scalar_t>(), hL.data_ptr<scalar_t>());
+  });
+  return {y, hL};
+}
+
+std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor& dt,
+                                           const at::Tensor& A, const at::Tensor& Bt,
+                                           const at::Tensor& Ct, const at::Tensor& h0,
+                                           const at::Tensor& resets, const at::Tensor& gy,
+                                           const at::Tensor& ghL) {
+  check_inputs(u, dt, A, Bt, Ct, h0, resets);
+  TORCH_CHECK(gy.sizes() == u.sizes() && gy.is_contiguous(), "grad y must be (B, D, L)");
+  TORCH_CHECK(ghL.sizes() == h0.sizes() && ghL.is_contiguous(), "grad h must be (B, D, N)");
+  const Dims s = dims_of(u, A, Bt);
+  // Enough work items to keep every thread busy even for small batches.
+  const int64_t threads = at::get_num_threads();
+  int64_t n_chunks = (2 * threads + s.B * s.G - 1) / (s.B * s.G);
+  n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_chunks, s.Dg));
+  auto du = at::empty_like(u);
+  auto ddt = at::empty_like(u);
+  auto dh0 = at::empty_like(h0);
+  auto dA_part = at::zeros({s.B, s.D, s.N}, u.options());
+  auto dB_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
+  auto dC_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
+  const bool* r = resets.numel() ? resets.data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_bwd", [&] {
+    scan_bwd_kernel<scalar_t>(
+        s, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
+        Bt.data_ptr<scalar_t>(), Ct.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), r,
+        gy.data_ptr<scalar_t>(), ghL.data_ptr<scalar_t>(), du.data_ptr<scalar_t>(),
+        ddt.data_ptr<scalar_t>(), dA_part.data_ptr<scalar_t>(), dB_part.data_ptr<scalar_t>(),
+        dC_part.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(), n_chunks);
+  });
+  auto dB = n_chunks == 1 ? dB_part.squeeze(2) : dB_part.sum(2);
+  auto dC = n_chunks == 1 ? dC_part.squeeze(2) : dC_part.sum(2);
+  return {du, ddt, dA_part.sum(0), dB, dC, dh0};
+}
+
+// The SSM update and gating of one Mamba step, for all (b, d).
+template <typename T>
+void mamba_step_scan(int64_t Bsz, int64_t Di, int64_t N, const T* xz, const T* xc, const T* dt,
+                     const T* A, const T* Dskip, const T* Bm, const T* Cm, const T* hs, T* nh,
+                     T* yg) {
+  at::parallel_for(0, Bsz * Di, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t bd = begin; bd < end; ++bd) {
+      const int64_t b = bd / Di, d = bd % Di;
+      const T dtt = dt[bd], xv = xc[bd], du = dtt * xv;
+      const T* h = hs + bd * N;
+      const T* Ad = A + d * N;
+      const T* Bb = Bm + b * N;
+      const T* Cb = Cm + b * N;
+      T* hn = nh + bd * N;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t n = 0; n < N; ++n) {
+        const T v = fast_exp(dtt * Ad[n]) * h[n] + du * Bb[n];
+        hn[n] = v;
+        acc += v * Cb[n];
+      }
+      const T zv = xz[b * 2 * Di + Di + d];
+      yg[bd] = (acc + Dskip[d] * xv) * (zv / (T(1) + std::exp(-zv)));
+    }
+  });
+}
+
+// One inference step of the Mamba block (no autograd): the same arithmetic as Mamba._step.
+//   xz = in_proj(x); x, z = split; conv state shift; x = silu(conv(x) + bias)
+//   dt, B, C = x_proj(x); dt = softplus(dt_proj(dt)); h = exp(dt A) h + dt B x; y = C.h + D x
+//   out = out_proj(y * silu(z))
+std::vector<at::Tensor> mamba_step(const at::Tensor& x, const at::Tensor& conv_state,
+                                   const at::Tensor& ssm_state, const at::Tensor& in_w,
+                                   const at::Tensor& conv_w, const at::Tensor& conv_b,
+                                   const at::Tensor& xproj_w, const at::Tensor& dtproj_w,
+                                   const at::Tensor& dtproj_b, const at::Tensor& A,
+                                   const at::Tensor& Dskip, const at::Tensor& out_w) {
+  const int64_t Bsz = x.size(0), Di = A.size(0), N = A.size(1), K = conv_w.size(-1);
+  const int64_t R = dtproj_w.size(1);
+  auto xz = at::matmul(x, in_w.t());  // (B, 2Di)
+  auto new_conv = at::empty_like(conv_state);
+  auto new_ssm = at::empty_like(ssm_state);
+  auto xc = at::empty({Bsz, Di}, x.options());
+  auto yg = at::empty({Bsz, Di}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mamba_step", [&] {
+    using T = scalar_t;
+    const T* xz_ = xz.data_ptr<T>();
+    const T* cs = conv_state.data_ptr<T>();
+    const T* cw = conv_w.data_ptr<T>();
+    const T* cb = conv_b.data_ptr<T>();
+    T* ncs = new_conv.data_ptr<T>();
+    T* xc_ = xc.data_ptr<T>();
+    for (int64_t b = 0; b < Bsz; ++b) {
+      for (int64_t d = 0; d < Di; ++d) {
+        const T* s = cs + (b * Di + d) * K;
+        T* ns = ncs + (b * Di + d) * K;
+        for (int64_t k = 0; k + 1 < K; ++k) ns[k] = s[k + 1];
+        ns[K - 1] = xz_[b * 2 * Di + d];
+        T acc = cb[d];
+        for (int64_t k = 0; k < K; ++k) acc += ns[k] * cw[d * K + k];
+        xc_[b * Di + d] = acc / (T(1) + std::exp(-acc));
+      }
+    }
+  });
+  auto xdbl = at::matmul(xc, xproj_w.t());  // (B, R + 2N)
+  auto dt = at::matmul(xdbl.narrow(1, 0, R), dtproj_w.t()).add_(dtproj_b);
+  dt = at::softplus(dt);
+  auto Bm = xdbl.narrow(1, R, N).contiguous();
+  auto Cm = xdbl.narrow(1, R + N, N).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mamba_step_scan", [&] {
+    mamba_step_scan<scalar_t>(Bsz, Di, N, xz.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
+                              dt.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
+                              Dskip.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(),
+                              Cm.data_ptr<scalar_t>(), ssm_state.data_ptr<scalar_t>(),
+                              new_ssm.data_ptr<scalar_t>(), yg.data_ptr<scalar_t>());
+  });
+  auto out = at::matmul(yg, out_w.t());
+  return {out, new_conv, new_ssm};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("selective_scan_fwd", &selective_scan_fwd, "fused selective scan forward (CPU)");
+  m.def("selective_scan_bwd", &selective_scan_bwd, "fused selective scan backward (CPU)");
+  m.def("mamba_step", &mamba_step, "fused Mamba inference step (CPU)");
+}

@@ -1,0 +1,169 @@
+"""Mamba: the selective-SSM block of Gu & Dao (2023), "Mamba: Linear-Time Sequence Modeling with
+Selective State Spaces".
+
+    x, z   = split(in_proj(u))                        (B L 2E) -> 2 x (B L E)
+    x      = silu(causal_depthwise_conv1d(x))         width d_conv, one filter per channel
+    Δ, B, C = dt_proj(x W_Δ), x W_B, x W_C            input-dependent: the "selection"
+    y      = selective_scan(x, Δ, A=-exp(A_log), B, C, D) * silu(z)
+    out    = out_proj(y)
+
+The recurrent state is ``(conv_state (B, E, d_conv), ssm_state (B, E, N))``: the last ``d_conv``
+conv inputs and the SSM state. A reset zeroes both, so nothing before it leaks through the conv.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from . import backend as _backend
+from .base import SequenceLayer, State
+from .selective_scan import selective_scan
+
+
+def causal_depthwise_conv(
+    x: Tensor, weight: Tensor, bias: Tensor, history: Tensor, resets: Tensor | None
+) -> Tensor:
+    """Causal depthwise conv over ``x (B, E, L)`` with ``history (B, E, K)`` as the inputs before
+    step 0 (only the last K-1 are used). With ``resets (B, L)``, tap k of step t is masked when a
+    reset lies in (t-k, t], so the window never reaches into a previous episode."""
+    k = weight.shape[-1]
+    xp = torch.cat([history[..., 1:], x], dim=-1)  # (B E K-1+L)
+    if resets is None:
+        return F.conv1d(xp, weight, bias, groups=x.shape[1])
+    seg = torch.cumsum(resets.to(torch.int64), dim=1)  # episode index of each step, (B L)
+    seg_p = torch.cat([seg.new_zeros(seg.shape[0], k - 1), seg], dim=1)  # history belongs to ep 0
+    windows = xp.unfold(-1, k, 1)  # (B E L K): windows[..., t, j] = xp[t + j]
+    same = seg_p.unfold(-1, k, 1) == seg[..., None]  # (B L K)
+    w = rearrange(weight, "e 1 k -> e k")
+    return torch.einsum("belk,blk,ek->bel", windows, same.to(x.dtype), w) + bias[:, None]
+
+
+class Mamba(SequenceLayer):
+    """The Mamba block (without the residual and norm, which :class:`SequencePolicy` adds)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.backend = _backend.check_backend(backend)
+        e, n = self.d_inner, d_state
+
+        self.in_proj = nn.Linear(d_model, 2 * e, bias=bias)
+        self.conv1d = nn.Conv1d(e, e, d_conv, groups=e, bias=conv_bias)
+        if not conv_bias:
+            self.conv1d.bias = nn.Parameter(torch.zeros(e), requires_grad=False)
+        self.x_proj = nn.Linear(e, self.dt_rank + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, e, bias=True)
+        # Δ initialised log-uniform in [dt_min, dt_max] through the bias (inverse softplus).
+        dt_std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
+        dt = torch.exp(torch.rand(e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        # S4D-real initialisation A_n = -(n+1).
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1))
+        self.D = nn.Parameter(torch.ones(e))
+        self.out_proj = nn.Linear(e, d_model, bias=bias)
+
+    def state_shapes(self, batch_size: int):
+        return [((batch_size, self.d_inner, self.d_conv), False),
+                ((batch_size, self.d_inner, self.d_state), False)]
+
+    def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Δ (pre-softplus, without bias), B and C from the conv output ``x (..., E)``."""
+        x_dbl = self.x_proj(x)
+        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.linear(dt, self.dt_proj.weight), b, c
+
+    def _forward(self, x: Tensor, state: State, resets: Tensor | None) -> tuple[Tensor, State]:
+        conv_state, ssm_state = state or self.zeros_like_state(x)  # resets[:, 0] is applied by the conv mask and the scan
+        xz = self.in_proj(x)  # (B L 2E)
+        xin, z = rearrange(xz, "b l (two e) -> two b e l", two=2)  # 2 x (B E L)
+        xc = F.silu(causal_depthwise_conv(
+            xin, self.conv1d.weight, self.conv1d.bias, conv_state, resets))  # (B E L)
+        dt, b, c = self._ssm_inputs(rearrange(xc, "b e l -> b l e"))
+        y, ssm_last = selective_scan(
+            xc,
+            rearrange(dt, "b l e -> b e l"),
+            -torch.exp(self.A_log.to(x.dtype)),
+            rearrange(b, "b l n -> b n l"),
+            rearrange(c, "b l n -> b n l"),
+            self.D.to(x.dtype),
+            z=z,
+            delta_bias=self.dt_proj.bias.to(x.dtype),
+            delta_softplus=True,
+            return_last_state=True,
+            initial_state=ssm_state,
+            resets=resets,
+            backend=self.backend,
+        )
+        out = self.out_proj(rearrange(y, "b e l -> b l e"))
+        # The new conv state holds the last d_conv inputs, or fewer (zero-padded) after a reset.
+        k = self.d_conv
+        hist = torch.cat([conv_state, xin], dim=-1)[..., -k:]  # (B E K)
+        if resets is not None:
+            seg = torch.cumsum(resets.to(torch.int64), dim=1)
+            seg_p = torch.cat([seg.new_zeros(seg.shape[0], k), seg], dim=1)[:, -k:]
+            hist = hist * (seg_p == seg[:, -1:]).to(x.dtype)[:, None, :]
+        return out, (hist, ssm_last.to(x.dtype))
+
+    def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        conv_state, ssm_state = state
+        if self._use_fused_step(x, conv_state, ssm_state):
+            out, conv_new, ssm_new = _backend.cpu_ext().mamba_step(
+                x.contiguous(), conv_state.contiguous(), ssm_state.contiguous(),
+                self.in_proj.weight, self.conv1d.weight.contiguous(), self.conv1d.bias,
+                self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                -torch.exp(self.A_log), self.D, self.out_proj.weight,
+            )
+            return out, (conv_new, ssm_new)
+        xin, z = self.in_proj(x).chunk(2, dim=-1)  # (B E) each
+        conv_state = torch.cat([conv_state[..., 1:], xin[..., None]], dim=-1)  # (B E K)
+        w = rearrange(self.conv1d.weight, "e 1 k -> e k")
+        xc = F.silu((conv_state * w).sum(-1) + self.conv1d.bias)  # (B E)
+        dt, b, c = self._ssm_inputs(xc)
+        dt = F.softplus(dt + self.dt_proj.bias)  # (B E)
+        A = -torch.exp(self.A_log.to(x.dtype))  # (E N)
+        ssm_state = torch.exp(dt[..., None] * A) * ssm_state + (dt * xc)[..., None] * b[:, None]
+        y = (ssm_state * c[:, None]).sum(-1) + self.D * xc
+        out = self.out_proj(y * F.silu(z))
+        return out, (conv_state, ssm_state)
+
+    def _use_fused_step(self, x: Tensor, *state: Tensor) -> bool:
+        """The fused step is for acting: no autograd graph, no transform, CPU, no biases."""
+        if torch.is_grad_enabled() and (
+            x.requires_grad or any(s.requires_grad for s in state)
+            or any(p.requires_grad for p in self.parameters())
+        ):
+            return False
+        if self.in_proj.bias is not None or self.out_proj.bias is not None:
+            return False
+        if any(p.dtype != x.dtype for p in self.parameters()):
+            return False
+        return _backend.use_cpu_fused(x, *state, backend=self.backend, what="mamba step")
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+                f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, backend={self.backend!r}")

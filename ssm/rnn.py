@@ -1,0 +1,81 @@
+"""GRU and LSTM baselines behind the sequence-layer contract.
+
+The parameters have ``nn.GRUCell`` / ``nn.LSTMCell`` layout. Without resets and outside
+``torch.func`` transforms, sequence mode calls torch's fused ``torch.gru`` / ``torch.lstm``;
+otherwise it loops over time with the cell, which every transform supports.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from . import backend as _backend
+from .base import SequenceLayer, State
+
+
+class _RNN(SequenceLayer):
+    gates: int
+    n_state: int
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+        g = self.gates * d_model
+        k = 1 / math.sqrt(d_model)
+        self.weight_ih = nn.Parameter(torch.empty(g, d_model).uniform_(-k, k))
+        self.weight_hh = nn.Parameter(torch.empty(g, d_model).uniform_(-k, k))
+        self.bias_ih = nn.Parameter(torch.empty(g).uniform_(-k, k))
+        self.bias_hh = nn.Parameter(torch.empty(g).uniform_(-k, k))
+
+    def state_shapes(self, batch_size: int):
+        return [((batch_size, self.d_model), False)] * self.n_state
+
+    def _weights(self) -> list[Tensor]:
+        return [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+
+    def _forward(self, x: Tensor, state: State | None, resets: Tensor | None):
+        state = state or self.zeros_like_state(x)
+        if resets is None and not _backend.functorch_active():
+            return self._fused_sequence(x, state)
+        keep = None if resets is None else (~resets).to(x.dtype)
+        ys = []
+        for t in range(x.shape[1]):
+            if keep is not None:
+                state = tuple(s * keep[:, t, None] for s in state)
+            y, state = self._step(x[:, t], state)
+            ys.append(y)
+        return torch.stack(ys, dim=1), state
+
+
+class GRU(_RNN):
+    """Gated recurrent unit (Cho et al., 2014), ``nn.GRUCell`` equations and layout."""
+
+    gates, n_state = 3, 1
+
+    def _fused_sequence(self, x: Tensor, state: State):
+        y, h = torch.gru(x, state[0][None], self._weights(), True, 1, 0.0, self.training,
+                         False, True)
+        return y, (h[0],)
+
+    def _step(self, x: Tensor, state: State):
+        h = torch.gru_cell(x, state[0], *self._weights())
+        return h, (h,)
+
+
+class LSTM(_RNN):
+    """Long short-term memory (Hochreiter & Schmidhuber, 1997); the state is ``(h, c)``."""
+
+    gates, n_state = 4, 2
+
+    def _fused_sequence(self, x: Tensor, state: State):
+        h0, c0 = state
+        y, h, c = torch.lstm(x, (h0[None], c0[None]), self._weights(), True, 1, 0.0,
+                             self.training, False, True)
+        return y, (h[0], c[0])
+
+    def _step(self, x: Tensor, state: State):
+        h, c = torch.lstm_cell(x, state, *self._weights())
+        return h, (h, c)

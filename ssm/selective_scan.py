@@ -1,0 +1,265 @@
+"""The selective scan of Mamba (Gu & Dao, 2023), with mamba-ssm's ``selective_scan_fn`` signature.
+
+For each batch ``b`` and channel ``d`` the state ``h (N,)`` follows, with ``Δ = softplus(δ + bias)``
+when ``delta_softplus`` is set:
+
+    h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t          (zero-order hold on A, Euler on B)
+    y_t = C_t · h_t + D u_t,       out_t = y_t · silu(z_t)
+
+Shapes follow mamba-ssm: ``u, delta, z: (B, D, L)``, ``A: (D, N)``, ``B, C: (D, N)`` (fixed),
+``(B, N, L)`` (selective) or ``(B, G, N, L)`` (grouped), ``D, delta_bias: (D,)``.
+
+Two extensions, both keyword-only and off by default so the two functions stay swappable:
+``initial_state (B, D, N)`` and ``resets (B, L) bool`` (zero the state before step t).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor
+
+from . import backend as _backend
+
+
+def _check(u, delta, A, B, C, D, z, delta_bias, initial_state, resets):
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"selective_scan: {name} must be a tensor, got {type(t).__name__}")
+        if not (t.is_floating_point() or t.is_complex()):
+            raise ValueError(f"selective_scan: {name} must be floating point, got {t.dtype}")
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (B, D, L), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if tuple(delta.shape) != (batch, dim, length):
+        raise ValueError(f"selective_scan: delta must be {(batch, dim, length)} like u, "
+                         f"got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be (D={dim}, N), got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, M in (("B", B), ("C", C)):
+        ok = (
+            (M.dim() == 2 and tuple(M.shape) == (dim, n))
+            or (M.dim() == 3 and M.shape[0] == batch and M.shape[2] == length)
+            or (M.dim() == 4 and M.shape[0] == batch and M.shape[3] == length
+                and dim % M.shape[1] == 0)
+        )
+        if not ok:
+            raise ValueError(
+                f"selective_scan: {name} must be (D, N)=({dim}, {n}), (B, N, L)=({batch}, {n}, "
+                f"{length}) or (B, G, N, L) with G dividing D, got {tuple(M.shape)}"
+            )
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and tuple(v.shape) != (dim,):
+            raise ValueError(f"selective_scan: {name} must be ({dim},), got {tuple(v.shape)}")
+    if z is not None and tuple(z.shape) != (batch, dim, length):
+        raise ValueError(f"selective_scan: z must be {(batch, dim, length)}, got {tuple(z.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (batch, dim, n):
+        raise ValueError(f"selective_scan: initial_state must be {(batch, dim, n)}, "
+                         f"got {tuple(initial_state.shape)}")
+    if resets is not None and (resets.dtype != torch.bool or tuple(resets.shape) != (batch, length)):
+        raise ValueError(f"selective_scan: resets must be a bool tensor of shape "
+                         f"{(batch, length)}, got {resets.dtype} {tuple(resets.shape)}")
+
+
+def _prepare_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    if D is not None:
+        y = y + u * D[:, None]
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    initial_state: Tensor | None = None,
+    resets: Tensor | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The reference: a plain loop over time on ``(B, D, N)`` states. Differentiable to any order
+    and usable under ``torch.func.vmap``; the fused kernels are checked against it."""
+    dtype_in = u.dtype
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    batch, dim, length = u.shape
+    is_variable_B, is_variable_C = B.dim() >= 3, C.dim() >= 3
+    if A.is_complex():
+        if is_variable_B:
+            B = torch.view_as_complex(rearrange(B, "... (L two) -> ... L two", two=2).contiguous())
+        if is_variable_C:
+            C = torch.view_as_complex(rearrange(C, "... (L two) -> ... L two", two=2).contiguous())
+    if B.dim() == 4:
+        B = repeat(B, "b g n l -> b (g h) n l", h=dim // B.shape[1])
+    if C.dim() == 4:
+        C = repeat(C, "b g n l -> b (g h) n l", h=dim // C.shape[1])
+
+    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))  # (B D L N)
+    if B.dim() == 2:
+        delta_b_u = torch.einsum("bdl,dn,bdl->bdln", delta, B, u)
+    elif B.dim() == 3:
+        delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    else:
+        delta_b_u = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
+    if A.is_complex() and not delta_b_u.is_complex():
+        delta_b_u = delta_b_u.to(delta_a.dtype)
+
+    h = (
+        initial_state.to(delta_a.dtype)
+        if initial_state is not None
+        else delta_a.new_zeros(batch, dim, A.shape[1])
+    )
+    keep = None if resets is None else (~resets).to(delta.dtype)  # (B L)
+    ys = []
+    for t in range(length):
+        if keep is not None:
+            h = h * keep[:, t, None, None]
+        h = delta_a[:, :, t] * h + delta_b_u[:, :, t]  # (B D N)
+        if C.dim() == 2:
+            y_t = torch.einsum("bdn,dn->bd", h, C)
+        elif C.dim() == 3:
+            y_t = torch.einsum("bdn,bn->bd", h, C[:, :, t])
+        else:
+            y_t = torch.einsum("bdn,bdn->bd", h, C[:, :, :, t])
+        ys.append(y_t)
+    y = torch.stack(ys, dim=2)  # (B D L)
+    if y.is_complex():
+        y = y.real * 2
+    out = _finish(y, u, D, z).to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+# -- fused paths --------------------------------------------------------------------------------
+class _FusedScan(torch.autograd.Function):
+    """First-order fused scan core ``(u, Δ, A, B, C, h0, resets) -> (y, h_L)`` on CPU.
+
+    ``B, C`` arrive as ``(B, G, L, N)`` contiguous. The backward recomputes the states inside the
+    kernel (nothing of size L·N is saved). If a graph of the backward is asked for
+    (``create_graph=True``), it re-enters the reference path, so double backward stays exact.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, Bt, Ct, h0, resets):
+        ext = _backend.cpu_ext()
+        y, h_last = ext.selective_scan_fwd(u, delta, A, Bt, Ct, h0, resets)
+        ctx.save_for_backward(u, delta, A, Bt, Ct, h0, resets)
+        return y, h_last
+
+    @staticmethod
+    def backward(ctx, gy, gh):
+        u, delta, A, Bt, Ct, h0, resets = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
+            return _reference_core_grads(ctx, gy, gh)
+        gy = gy.contiguous() if gy is not None else torch.zeros_like(u)
+        gh = gh.contiguous() if gh is not None else torch.zeros_like(h0)
+        du, ddelta, dA, dB, dC, dh0 = _backend.cpu_ext().selective_scan_bwd(
+            u, delta, A, Bt, Ct, h0, resets, gy, gh
+        )
+        return du, ddelta, dA, dB, dC, dh0, None
+
+
+def _core_ref(u, delta, A, Bt, Ct, h0, resets):
+    """The reference on the fused core's layout (B, C as (B, G, L, N)), for double backward."""
+    B4 = Bt.transpose(-1, -2)
+    C4 = Ct.transpose(-1, -2)
+    return selective_scan_ref(
+        u, delta, A, B4, C4, return_last_state=True, initial_state=h0,
+        resets=resets if resets.numel() > 0 and resets.shape[-1] == u.shape[-1] else None,
+    )
+
+
+def _reference_core_grads(ctx, gy, gh):
+    inputs = ctx.saved_tensors[:6]
+    needs = ctx.needs_input_grad[:6]
+    with torch.enable_grad():
+        y, h = _core_ref(*inputs, ctx.saved_tensors[6])
+        outs, grads_out = [], []
+        if gy is not None:
+            outs.append(y)
+            grads_out.append(gy)
+        if gh is not None:
+            outs.append(h)
+            grads_out.append(gh)
+        wrt = [t for t, n in zip(inputs, needs) if n]
+        grads = torch.autograd.grad(outs, wrt, grads_out, create_graph=True, allow_unused=True)
+    it = iter(grads)
+    result = [next(it) if n else None for n in needs]
+    result = [torch.zeros_like(t) if (n and g is None) else g
+              for t, n, g in zip(inputs, needs, result)]
+    return (*result, None)
+
+
+def _fused_cpu(u, delta, A, B, C, h0, resets):
+    batch, dim, _ = u.shape
+    dtype = u.dtype
+    if B.dim() == 3:
+        B = B[:, None]
+    if C.dim() == 3:
+        C = C[:, None]
+    Bt = B.transpose(-1, -2).to(dtype).contiguous()  # (B G L N)
+    Ct = C.transpose(-1, -2).to(dtype).contiguous()
+    if h0 is None:
+        h0 = u.new_zeros(batch, dim, A.shape[1])
+    r = resets.contiguous() if resets is not None else torch.zeros(0, dtype=torch.bool)
+    return _FusedScan.apply(
+        u.contiguous(), delta.to(dtype).contiguous(), A.to(dtype).contiguous(), Bt, Ct,
+        h0.to(dtype).contiguous(), r,
+    )
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    initial_state: Tensor | None = None,
+    resets: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Selective scan with the signature and semantics of mamba-ssm's ``selective_scan_fn``.
+
+    ``backend="auto"`` uses mamba-ssm's CUDA kernel for CUDA tensors when installed, the fused C++
+    kernel on CPU, and the pure-torch reference inside ``torch.func`` transforms or when
+    ``backend="torch"``. Every path returns the same values (to float tolerance).
+    """
+    _backend.check_backend(backend)
+    _check(u, delta, A, B, C, D, z, delta_bias, initial_state, resets)
+    kw = dict(initial_state=initial_state, resets=resets)
+    real_selective = (not A.is_complex()) and B.dim() >= 3 and C.dim() >= 3
+    if real_selective and _backend.use_cpu_fused(u, delta, A, B, C, backend=backend):
+        d = _prepare_delta(delta, delta_bias, delta_softplus)
+        y, h_last = _fused_cpu(u, d, A, B, C, initial_state, resets)
+        out = _finish(y, u, D, z)
+        return (out, h_last) if return_last_state else out
+    if (
+        initial_state is None and resets is None
+        and _backend.use_cuda_fused(u, delta, A, B, C, backend=backend)
+    ):
+        fn = _backend.mamba_ssm_scan_fn()
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return selective_scan_ref(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, **kw
+    )
