@@ -8,14 +8,22 @@ Every layer offers ``initial_state(batch)``, ``forward(x, state=None, resets=Non
 from .backend import BACKENDS
 from .base import SequenceLayer, State
 from .lti import S4D, S5
+from .heads import ActionHead, CategoricalHead, GaussianHead, MultiDiscreteHead
 from .mamba import Mamba
+from .policy import PolicyOutput, SequencePolicy
 from .registry import KINDS, make_layer
 from .rnn import GRU, LSTM
 from .scan import diagonal_linear_scan
 from .selective_scan import selective_scan, selective_scan_ref
 
 __all__ = [
+    "ActionHead",
     "BACKENDS",
+    "CategoricalHead",
+    "GaussianHead",
+    "MultiDiscreteHead",
+    "PolicyOutput",
+    "SequencePolicy",
     "GRU",
     "KINDS",
     "LSTM",

@@ -15,6 +15,8 @@ import abc
 import torch
 from torch import Tensor, nn
 
+from . import backend as _backend
+
 State = tuple[Tensor, ...]
 
 
@@ -79,8 +81,30 @@ class SequenceLayer(nn.Module, abc.ABC):
 
     # -- the contract ---------------------------------------------------------------------------
     def _param_dtype_device(self) -> tuple[torch.dtype, torch.device]:
-        p = next(self.parameters())
+        # A direct parameter if there is one: cheaper than walking self.parameters() every step.
+        p = next(iter(self._parameters.values()), None)
+        if p is None:
+            p = next(self.parameters())
         return p.dtype, p.device
+
+    def inference_constants(self, build):
+        """``build()`` cached until any parameter changes (data pointer or in-place version).
+
+        For the fused inference steps, which re-use discretised parameters across steps.
+        """
+        params = list(self.parameters())
+        if any(p.is_inference() for p in params):  # no version counter to watch: don't cache
+            return build()
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if getattr(self, "_constants_key", None) != key:
+            self._constants = build()
+            self._constants_key = key
+        return self._constants
+
+    def fused_step_ready(self, x: Tensor, *state: Tensor) -> bool:
+        """The fused C++ steps are for acting: no autograd recording, no transform, CPU."""
+        return not torch.is_grad_enabled() and _backend.use_cpu_fused(
+            x, *state, backend=getattr(self, "backend", "auto"), what=f"{type(self).__name__} step")
 
     def initial_state(
         self,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import backend as _backend
 from .base import SequenceLayer, State
 from .scan import diagonal_linear_scan
 
@@ -153,6 +154,13 @@ class S4D(_DiagonalLTI):
 
     def _step(self, x: Tensor, state: State):
         (h,) = state
+        if self.fused_step_ready(x, h):
+            Ab, Bb, C = self.inference_constants(
+                lambda: tuple(torch.view_as_real(t).contiguous() for t in self.discretize()[1:]))
+            out, h_new = _backend.cpu_ext().s4d_step(
+                x.contiguous(), torch.view_as_real(h.contiguous()), Ab, Bb, C, self.D,
+                self.out_proj.weight, self.out_proj.bias)
+            return out, (torch.view_as_complex(h_new),)
         _, A_bar, B_bar, C = self.discretize()
         h = A_bar * h + B_bar * x[..., None]
         y = 2 * (C * h).real.sum(-1)
@@ -213,6 +221,14 @@ class S5(_DiagonalLTI):
         B_bar = ((A_bar - 1) / lam)[:, None] * torch.complex(self.B_re, self.B_im)
         return A_bar, B_bar, torch.complex(self.C_re, self.C_im)
 
+    def _interleaved(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Λ̄ as (P, 2), and B̄, 2C̃ with real and imaginary parts interleaved, for the fused step:
+        ``bu = x B_int^T`` is B̄x as (B, 2P); ``y = h C_int^T`` is 2 Re(C̃ h) for h as (B, 2P)."""
+        A_bar, B_bar, C = self.discretize()
+        B_int = torch.stack([B_bar.real, B_bar.imag], dim=1).reshape(-1, self.d_model)  # (2P H)
+        C_int = torch.stack([2 * C.real, -2 * C.imag], dim=-1).reshape(self.d_model, -1)  # (H 2P)
+        return torch.view_as_real(A_bar).contiguous(), B_int.contiguous(), C_int.contiguous()
+
     def _forward(self, x: Tensor, state: State | None, resets: Tensor | None):
         A_bar, B_bar, C = self.discretize()
         bu = torch.einsum("blh,ph->blp", x.to(B_bar.dtype), B_bar)  # (B L P)
@@ -226,6 +242,12 @@ class S5(_DiagonalLTI):
 
     def _step(self, x: Tensor, state: State):
         (h,) = state
+        if self.fused_step_ready(x, h):
+            out, h_new = _backend.cpu_ext().s5_step(
+                x.contiguous(), torch.view_as_real(h.contiguous()),
+                *self.inference_constants(self._interleaved), self.D,
+                self.out_proj.weight, self.out_proj.bias)
+            return out, (torch.view_as_complex(h_new),)
         A_bar, B_bar, C = self.discretize()
         h = A_bar * h + x.to(B_bar.dtype) @ B_bar.T
         y = 2 * (h @ C.T).real

@@ -131,12 +131,12 @@ class Mamba(SequenceLayer):
 
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         conv_state, ssm_state = state
-        if self._use_fused_step(x, conv_state, ssm_state):
+        if self._fused_step_ok and self.fused_step_ready(x, conv_state, ssm_state):
+            A = self.inference_constants(lambda: -torch.exp(self.A_log))
             out, conv_new, ssm_new = _backend.cpu_ext().mamba_step(
                 x.contiguous(), conv_state.contiguous(), ssm_state.contiguous(),
-                self.in_proj.weight, self.conv1d.weight.contiguous(), self.conv1d.bias,
-                self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
-                -torch.exp(self.A_log), self.D, self.out_proj.weight,
+                self.in_proj.weight, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                self.dt_proj.weight, self.dt_proj.bias, A, self.D, self.out_proj.weight,
             )
             return out, (conv_new, ssm_new)
         xin, z = self.in_proj(x).chunk(2, dim=-1)  # (B E) each
@@ -151,18 +151,10 @@ class Mamba(SequenceLayer):
         out = self.out_proj(y * F.silu(z))
         return out, (conv_state, ssm_state)
 
-    def _use_fused_step(self, x: Tensor, *state: Tensor) -> bool:
-        """The fused step is for acting: no autograd graph, no transform, CPU, no biases."""
-        if torch.is_grad_enabled() and (
-            x.requires_grad or any(s.requires_grad for s in state)
-            or any(p.requires_grad for p in self.parameters())
-        ):
-            return False
-        if self.in_proj.bias is not None or self.out_proj.bias is not None:
-            return False
-        if any(p.dtype != x.dtype for p in self.parameters()):
-            return False
-        return _backend.use_cpu_fused(x, *state, backend=self.backend, what="mamba step")
+    @property
+    def _fused_step_ok(self) -> bool:
+        """The fused step implements the bias-free projections of the reference block."""
+        return self.in_proj.bias is None and self.out_proj.bias is None
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "

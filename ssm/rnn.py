@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backend as _backend
@@ -61,7 +62,14 @@ class GRU(_RNN):
         return y, (h[0],)
 
     def _step(self, x: Tensor, state: State):
-        h = torch.gru_cell(x, state[0], *self._weights())
+        if _backend.functorch_active():  # explicit cell: vmap has no batching rule for gru_cell
+            h = state[0]
+            gi_r, gi_z, gi_n = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, -1)
+            gh_r, gh_z, gh_n = F.linear(h, self.weight_hh, self.bias_hh).chunk(3, -1)
+            r, z = torch.sigmoid(gi_r + gh_r), torch.sigmoid(gi_z + gh_z)
+            h = (1 - z) * torch.tanh(gi_n + r * gh_n) + z * h
+        else:
+            h = torch.gru_cell(x, state[0], *self._weights())
         return h, (h,)
 
 
@@ -77,5 +85,13 @@ class LSTM(_RNN):
         return y, (h[0], c[0])
 
     def _step(self, x: Tensor, state: State):
-        h, c = torch.lstm_cell(x, state, *self._weights())
+        if _backend.functorch_active():  # explicit cell: vmap has no batching rule for lstm_cell
+            h, c = state
+            gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh,
+                                                                         self.bias_hh)
+            i, f, g, o = gates.chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:
+            h, c = torch.lstm_cell(x, state, *self._weights())
         return h, (h, c)

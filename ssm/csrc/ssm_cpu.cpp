@@ -297,10 +297,102 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& x, const at::Tensor& conv_s
   return {out, new_conv, new_ssm};
 }
 
+// -- S4D / S5 inference steps -------------------------------------------------------------------
+// Both end in out = GLU(W gelu(y + D x) + b); y is computed by the layer-specific recurrence.
+template <typename T>
+inline T gelu_exact(T v) { return T(0.5) * v * (T(1) + std::erf(v * T(M_SQRT1_2))); }
+
+at::Tensor glu_output(const at::Tensor& y, const at::Tensor& x, const at::Tensor& Dskip,
+                      const at::Tensor& out_w, const at::Tensor& out_b) {
+  auto v = at::empty_like(y);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "glu_output", [&] {
+    const scalar_t* y_ = y.data_ptr<scalar_t>();
+    const scalar_t* x_ = x.data_ptr<scalar_t>();
+    const scalar_t* D_ = Dskip.data_ptr<scalar_t>();
+    scalar_t* v_ = v.data_ptr<scalar_t>();
+    const int64_t H = y.size(1), n = y.numel();
+    for (int64_t i = 0; i < n; ++i) v_[i] = gelu_exact(y_[i] + D_[i % H] * x_[i]);
+  });
+  return at::glu(at::addmm(out_b, v, out_w.t()), -1);
+}
+
+// S4D: per channel h, h_n <- Abar_n h_n + Bbar_n x_h;  y_h = 2 Re(sum_n C_n h_n).
+template <typename T>
+void s4d_recurrence(int64_t Bsz, int64_t H, int64_t M, const T* x, const T* h, const T* Ab,
+                    const T* Bb, const T* C, T* hn, T* y) {
+  at::parallel_for(0, Bsz * H, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t c = bh % H;
+      const T xv = x[bh];
+      const T* hp = h + 2 * bh * M;
+      T* hq = hn + 2 * bh * M;
+      const T* a = Ab + 2 * c * M;
+      const T* b = Bb + 2 * c * M;
+      const T* cc = C + 2 * c * M;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t m = 0; m < M; ++m) {
+        const T re = a[2 * m] * hp[2 * m] - a[2 * m + 1] * hp[2 * m + 1] + b[2 * m] * xv;
+        const T im = a[2 * m] * hp[2 * m + 1] + a[2 * m + 1] * hp[2 * m] + b[2 * m + 1] * xv;
+        hq[2 * m] = re;
+        hq[2 * m + 1] = im;
+        acc += cc[2 * m] * re - cc[2 * m + 1] * im;
+      }
+      y[bh] = 2 * acc;
+    }
+  });
+}
+
+// Arguments are real views (view_as_real) of the complex tensors: h (B, H, M, 2), Ab/Bb/C (H, M, 2).
+std::vector<at::Tensor> s4d_step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& Ab,
+                                 const at::Tensor& Bb, const at::Tensor& C,
+                                 const at::Tensor& Dskip, const at::Tensor& out_w,
+                                 const at::Tensor& out_b) {
+  const int64_t Bsz = x.size(0), H = x.size(1), M = h.size(2);
+  auto hn = at::empty_like(h);
+  auto y = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s4d_step", [&] {
+    s4d_recurrence<scalar_t>(Bsz, H, M, x.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                             Ab.data_ptr<scalar_t>(), Bb.data_ptr<scalar_t>(),
+                             C.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>(),
+                             y.data_ptr<scalar_t>());
+  });
+  return {glu_output(y, x, Dskip, out_w, out_b), hn};
+}
+
+// S5: h <- Abar h + Bbar x (complex, P modes), y = 2 Re(C h). B_int (2P, H) and C_int (H, 2P)
+// hold the interleaved real/imaginary parts, so both products are single real matmuls.
+std::vector<at::Tensor> s5_step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& Ab,
+                                const at::Tensor& B_int, const at::Tensor& C_int,
+                                const at::Tensor& Dskip, const at::Tensor& out_w,
+                                const at::Tensor& out_b) {
+  const int64_t Bsz = x.size(0), P = Ab.size(0);
+  auto bu = at::mm(x, B_int.t());  // (B, 2P)
+  auto hn = at::empty({Bsz, 2 * P}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s5_step", [&] {
+    using T = scalar_t;
+    const T* a = Ab.data_ptr<T>();
+    const T* hp = h.data_ptr<T>();
+    const T* u = bu.data_ptr<T>();
+    T* hq = hn.data_ptr<T>();
+    for (int64_t b = 0; b < Bsz; ++b) {
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t i = 2 * (b * P + p);
+        hq[i] = a[2 * p] * hp[i] - a[2 * p + 1] * hp[i + 1] + u[i];
+        hq[i + 1] = a[2 * p] * hp[i + 1] + a[2 * p + 1] * hp[i] + u[i + 1];
+      }
+    }
+  });
+  auto y = at::mm(hn, C_int.t());  // (B, H)
+  return {glu_output(y, x, Dskip, out_w, out_b), hn.view({Bsz, P, 2})};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd", &selective_scan_fwd, "fused selective scan forward (CPU)");
   m.def("selective_scan_bwd", &selective_scan_bwd, "fused selective scan backward (CPU)");
   m.def("mamba_step", &mamba_step, "fused Mamba inference step (CPU)");
+  m.def("s4d_step", &s4d_step, "fused S4D inference step (CPU)");
+  m.def("s5_step", &s5_step, "fused S5 inference step (CPU)");
 }
