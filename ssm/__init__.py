@@ -7,8 +7,8 @@ Every layer offers ``initial_state(batch)``, ``forward(x, state=None, resets=Non
 
 from .backend import BACKENDS
 from .base import SequenceLayer, State
-from .lti import S4D, S5
 from .heads import ActionHead, CategoricalHead, GaussianHead, MultiDiscreteHead
+from .lti import S4D, S5
 from .mamba import Mamba
 from .policy import PolicyOutput, SequencePolicy
 from .registry import KINDS, make_layer

@@ -47,7 +47,7 @@ def check_backend(backend: str) -> str:
 
 
 def functorch_active() -> bool:
-    """True inside ``torch.func`` transforms (grad, vmap, jvp, ...), where fused kernels can't run."""
+    """True inside ``torch.func`` transforms (grad, vmap, ...), where fused kernels cannot run."""
     try:
         return torch._C._functorch.peek_interpreter_stack() is not None
     except AttributeError:  # pragma: no cover - very old torch
@@ -104,8 +104,11 @@ def cpu_ext() -> Any:
             src = CSRC.read_bytes()
             flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
             key = hashlib.sha1(
-                src + torch.__version__.encode() + platform.machine().encode()
-                + _cpu_model().encode() + " ".join(flags).encode()
+                src
+                + torch.__version__.encode()
+                + platform.machine().encode()
+                + _cpu_model().encode()
+                + " ".join(flags).encode()
             ).hexdigest()[:12]
             _cpu_ext = cpp_extension.load(
                 name=f"ssm_cpu_{key}",

@@ -39,8 +39,9 @@ def check_mask(mask: Tensor | None, shape: tuple[int, ...], name: str) -> Tensor
     if mask is None:
         return None
     if not isinstance(mask, Tensor):
-        raise ValueError(f"{name} must be a bool torch.Tensor of shape {_fmt(shape)}, got "
-                         f"{type(mask).__name__}")
+        raise ValueError(
+            f"{name} must be a bool torch.Tensor of shape {_fmt(shape)}, got {type(mask).__name__}"
+        )
     if mask.dtype != torch.bool:
         raise ValueError(f"{name} must have dtype torch.bool, got {mask.dtype}")
     if tuple(mask.shape) != tuple(shape):
@@ -104,7 +105,8 @@ class SequenceLayer(nn.Module, abc.ABC):
     def fused_step_ready(self, x: Tensor, *state: Tensor) -> bool:
         """The fused C++ steps are for acting: no autograd recording, no transform, CPU."""
         return not torch.is_grad_enabled() and _backend.use_cpu_fused(
-            x, *state, backend=getattr(self, "backend", "auto"), what=f"{type(self).__name__} step")
+            x, *state, backend=getattr(self, "backend", "auto"), what=f"{type(self).__name__} step"
+        )
 
     def initial_state(
         self,
@@ -154,15 +156,20 @@ class SequenceLayer(nn.Module, abc.ABC):
         check_floating(x, name)
         want = "(B, L, D)" if rank == 3 else "(B, D)"
         if x.dim() != rank:
-            raise ValueError(f"{name} must have shape {want} with D={self.d_model}, "
-                             f"got rank {x.dim()} shape {_fmt(x.shape)}")
+            raise ValueError(
+                f"{name} must have shape {want} with D={self.d_model}, "
+                f"got rank {x.dim()} shape {_fmt(x.shape)}"
+            )
         if x.shape[-1] != self.d_model:
-            raise ValueError(f"{name} must have last dimension D={self.d_model}, got "
-                             f"shape {_fmt(x.shape)}")
+            raise ValueError(
+                f"{name} must have last dimension D={self.d_model}, got shape {_fmt(x.shape)}"
+            )
         pdtype = self._param_dtype_device()[0]
         if x.dtype != pdtype:
-            raise ValueError(f"{name} has dtype {x.dtype} but the layer's parameters are {pdtype}; "
-                             f"convert one of them (e.g. layer.to({x.dtype}))")
+            raise ValueError(
+                f"{name} has dtype {x.dtype} but the layer's parameters are {pdtype}; "
+                f"convert one of them (e.g. layer.to({x.dtype}))"
+            )
         if x.shape[0] < 1 or (rank == 3 and x.shape[1] < 1):
             raise ValueError(f"{name} must be non-empty, got shape {_fmt(x.shape)}")
 

@@ -71,15 +71,18 @@ class MultiDiscreteHead(ActionHead):
         return torch.cat([head(h) for head in self.heads], dim=-1)
 
     def log_prob(self, params: Tensor, action: Tensor) -> Tensor:
-        return sum(hd.log_prob(p, action[..., i])
-                   for i, (hd, p) in enumerate(zip(self.heads, self._split(params))))
+        return sum(
+            hd.log_prob(p, action[..., i])
+            for i, (hd, p) in enumerate(zip(self.heads, self._split(params)))
+        )
 
     def entropy(self, params: Tensor) -> Tensor:
         return sum(hd.entropy(p) for hd, p in zip(self.heads, self._split(params)))
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return torch.stack([hd.sample(p, generator)
-                            for hd, p in zip(self.heads, self._split(params))], dim=-1)
+        return torch.stack(
+            [hd.sample(p, generator) for hd, p in zip(self.heads, self._split(params))], dim=-1
+        )
 
     def mode(self, params: Tensor) -> Tensor:
         return torch.stack([p.argmax(-1) for p in self._split(params)], dim=-1)
@@ -91,8 +94,14 @@ class GaussianHead(ActionHead):
     ``entropy`` is then the entropy of the pre-squash Gaussian (the squashed one has no closed
     form)."""
 
-    def __init__(self, d_in: int, low: np.ndarray, high: np.ndarray, squash: bool = False,
-                 log_std_init: float = 0.0):
+    def __init__(
+        self,
+        d_in: int,
+        low: np.ndarray,
+        high: np.ndarray,
+        squash: bool = False,
+        log_std_init: float = 0.0,
+    ):
         super().__init__()
         self.action_shape = tuple(low.shape)
         dim = int(np.prod(self.action_shape))
@@ -136,7 +145,9 @@ class GaussianHead(ActionHead):
         t = ((a - self.low.to(mean.dtype)) / half - 1).clamp(-1 + 1e-6, 1 - 1e-6)
         u = torch.atanh(t)
         # change of variables a = low + half (tanh(u) + 1): log|da/du| = log half + log(1 - t²)
-        return self._gauss_log_prob(mean, log_std, u) - (torch.log(half) + torch.log1p(-t * t)).sum(-1)
+        return self._gauss_log_prob(mean, log_std, u) - (torch.log(half) + torch.log1p(-t * t)).sum(
+            -1
+        )
 
     def entropy(self, params: Tensor) -> Tensor:
         _, log_std = self._split(params)

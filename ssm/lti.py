@@ -83,17 +83,34 @@ class S4D(_DiagonalLTI):
 
     @staticmethod
     def _powers(dtA: Tensor, count: int) -> Tensor:
-        """``Λ̄^l`` for ``l = 0 .. count-1`` as ``(H, N/2, count)``, computed as ``exp(l ΔΛ)``."""
-        ell = torch.arange(count, device=dtA.device, dtype=dtA.real.dtype)
-        return torch.exp(dtA[..., None] * ell)
+        """``Λ̄^l`` for ``l = 0 .. count-1`` as ``(H, N/2, count)``.
 
-    def _final_state(self, x, V, B_bar, h0, seg):
-        """``h_{L-1} = Σ_{s in the last episode} Λ̄^{L-1-s} B̄ u_s (+ Λ̄^L h0 if no reset)``."""
-        length = x.shape[1]
+        Computed as ``Λ̄^(c·i) Λ̄^j`` from two small tables of ``exp(l ΔΛ)`` (c ≈ √count), which
+        replaces ``count`` complex exponentials per mode by ~2√count and one product each."""
+        c = max(1, math.isqrt(count))
+        while count % c:  # an exact factorisation avoids slicing (and its backward) below
+            c -= 1
+        if c < math.isqrt(count) // 4:
+            c = max(1, math.isqrt(count))
+        rows = -(-count // c)
+        ar = torch.arange(max(c, rows), device=dtA.device, dtype=dtA.real.dtype)
+        fine = torch.exp(dtA[..., None] * ar[:c])  # Λ̄^j, j < c
+        coarse = torch.exp(dtA[..., None] * (c * ar[:rows]))  # Λ̄^(c i)
+        V = (coarse[..., :, None] * fine[..., None, :]).flatten(-2)
+        return V if V.shape[-1] == count else V[..., :count]
+
+    def _final_state(self, x, V, A_bar, B_bar, h0, seg):
+        """``h_{L-1} = Σ_{s in the last episode} Λ̄^{L-1-s} B̄ u_s (+ Λ̄^L h0 if no reset)``, with
+        ``V = Λ̄^0 .. Λ̄^{L-1}`` as ``(H, N/2, L)``."""
         u = x if seg is None else x * (seg == seg[:, -1:]).to(x.dtype)[..., None]
-        h_last = torch.einsum("blh,hnl->bhn", u.to(V.dtype), V[..., :length].flip(-1)) * B_bar
+        # Real u (time-reversed) against complex powers, as one real batched matmul over channels
+        # h; bmm is only fast on batch-contiguous operands, hence the copies.
+        Vr = torch.view_as_real(V.transpose(1, 2)).flatten(-2).contiguous()  # (H L 2N)
+        s = torch.bmm(u.flip(1).permute(2, 0, 1).contiguous(), Vr)  # (H B 2N)
+        h_last = torch.view_as_complex(s.unflatten(-1, (-1, 2)).contiguous()).transpose(0, 1)
+        h_last = h_last * B_bar  # (B H N)
         if h0 is not None:
-            carry = V[..., length] * h0
+            carry = V[..., -1] * A_bar * h0
             if seg is not None:
                 carry = carry * (seg[:, -1] == 0).to(x.dtype)[:, None, None]
             h_last = h_last + carry
@@ -104,16 +121,16 @@ class S4D(_DiagonalLTI):
         if resets is not None:
             return self._forward_resets(x, h0, resets)
         length = x.shape[1]
-        dtA, _, B_bar, C = self.discretize()
-        V = self._powers(dtA, length + 1)  # (H N L+1): Λ̄^0 .. Λ̄^L
-        K = 2 * torch.einsum("hn,hnl->hl", C * B_bar, V[..., :length]).real  # (H L)
+        dtA, A_bar, B_bar, C = self.discretize()
+        V = self._powers(dtA, length)  # (H N L): Λ̄^0 .. Λ̄^{L-1}
+        K = 2 * torch.einsum("hn,hnl->hl", C * B_bar, V).real  # (H L)
         u = x.transpose(1, 2)  # (B H L)
         n_fft = 2 * length
         y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * torch.fft.rfft(K, n=n_fft), n=n_fft)
         y = y[..., :length]  # (B H L)
         if h0 is not None:  # the initial state's echo: 2 Re(C Λ̄^{t+1} h0)
-            y = y + 2 * torch.einsum("bhn,hnl->bhl", h0, C[..., None] * V[..., 1:]).real
-        h_last = self._final_state(x, V, B_bar, h0, None)
+            y = y + 2 * torch.einsum("bhn,hnl->bhl", h0, (C * A_bar)[..., None] * V).real
+        h_last = self._final_state(x, V, A_bar, B_bar, h0, None)
         return self._output(y.transpose(1, 2), x), (h_last,)
 
     def _forward_resets(self, x: Tensor, h0: Tensor | None, resets: Tensor):
@@ -126,7 +143,7 @@ class S4D(_DiagonalLTI):
         n_chunks = -(-length // T)
         pad = n_chunks * T - length
         dtA, A_bar, B_bar, C = self.discretize()
-        V = self._powers(dtA, max(T, length) + 1)  # (H N ·)
+        V = self._powers(dtA, max(T + 1, length))  # (H N ·)
         K = 2 * torch.einsum("hn,hnl->hl", C * B_bar, V[..., :T]).real  # (H T)
         seg = torch.cumsum(resets.to(torch.int64), dim=1)  # (B L): episode index of each step
         seg_c = F.pad(seg, (0, pad), value=-1).reshape(batch, n_chunks, T)  # padding: no episode
@@ -147,19 +164,27 @@ class S4D(_DiagonalLTI):
             h0 = local_end.new_zeros(batch, h, self.d_state // 2)
         ends = diagonal_linear_scan(decay, local_end, h0, dim=1)  # (B C H N): state at chunk end
         entering = torch.cat([h0[:, None], ends[:, :-1]], dim=1)  # (B C H N)
-        echo = 2 * torch.einsum("bchn,hnt->bcth", entering, C[..., None] * V[..., 1:T + 1]).real
+        echo = 2 * torch.einsum("bchn,hnt->bcth", entering, C[..., None] * V[..., 1 : T + 1]).real
         y = (y + echo * passes[..., None]).reshape(batch, n_chunks * T, h)[:, :length]
-        h_last = self._final_state(x, V, B_bar, h0, seg)
+        h_last = self._final_state(x, V[..., :length], A_bar, B_bar, h0, seg)
         return self._output(y, x), (h_last,)
 
     def _step(self, x: Tensor, state: State):
         (h,) = state
         if self.fused_step_ready(x, h):
             Ab, Bb, C = self.inference_constants(
-                lambda: tuple(torch.view_as_real(t).contiguous() for t in self.discretize()[1:]))
+                lambda: tuple(torch.view_as_real(t).contiguous() for t in self.discretize()[1:])
+            )
             out, h_new = _backend.cpu_ext().s4d_step(
-                x.contiguous(), torch.view_as_real(h.contiguous()), Ab, Bb, C, self.D,
-                self.out_proj.weight, self.out_proj.bias)
+                x.contiguous(),
+                torch.view_as_real(h.contiguous()),
+                Ab,
+                Bb,
+                C,
+                self.D,
+                self.out_proj.weight,
+                self.out_proj.bias,
+            )
             return out, (torch.view_as_complex(h_new),)
         _, A_bar, B_bar, C = self.discretize()
         h = A_bar * h + B_bar * x[..., None]
@@ -244,9 +269,13 @@ class S5(_DiagonalLTI):
         (h,) = state
         if self.fused_step_ready(x, h):
             out, h_new = _backend.cpu_ext().s5_step(
-                x.contiguous(), torch.view_as_real(h.contiguous()),
-                *self.inference_constants(self._interleaved), self.D,
-                self.out_proj.weight, self.out_proj.bias)
+                x.contiguous(),
+                torch.view_as_real(h.contiguous()),
+                *self.inference_constants(self._interleaved),
+                self.D,
+                self.out_proj.weight,
+                self.out_proj.bias,
+            )
             return out, (torch.view_as_complex(h_new),)
         A_bar, B_bar, C = self.discretize()
         h = A_bar * h + x.to(B_bar.dtype) @ B_bar.T

@@ -83,69 +83,83 @@ class Mamba(SequenceLayer):
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         # S4D-real initialisation A_n = -(n+1).
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1))
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1)
+        )
         self.D = nn.Parameter(torch.ones(e))
         self.out_proj = nn.Linear(e, d_model, bias=bias)
 
     def state_shapes(self, batch_size: int):
-        return [((batch_size, self.d_inner, self.d_conv), False),
-                ((batch_size, self.d_inner, self.d_state), False)]
-
-    def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Δ (pre-softplus, without bias), B and C from the conv output ``x (..., E)``."""
-        x_dbl = self.x_proj(x)
-        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.linear(dt, self.dt_proj.weight), b, c
+        return [
+            ((batch_size, self.d_inner, self.d_conv), False),
+            ((batch_size, self.d_inner, self.d_state), False),
+        ]
 
     def _forward(self, x: Tensor, state: State, resets: Tensor | None) -> tuple[Tensor, State]:
-        conv_state, ssm_state = state or self.zeros_like_state(x)  # resets[:, 0] is applied by the conv mask and the scan
-        xz = self.in_proj(x)  # (B L 2E)
-        xin, z = rearrange(xz, "b l (two e) -> two b e l", two=2)  # 2 x (B E L)
-        xc = F.silu(causal_depthwise_conv(
-            xin, self.conv1d.weight, self.conv1d.bias, conv_state, resets))  # (B E L)
-        dt, b, c = self._ssm_inputs(rearrange(xc, "b e l -> b l e"))
+        # resets[:, 0] needs no special case: the conv mask and the scan both apply it.
+        conv_state, ssm_state = state or self.zeros_like_state(x)
+        # Channels-first (B, E, L) throughout, as the scan wants it: each projection is one
+        # matmul whose output is already in that layout, so no large transposes are copied.
+        xz = torch.matmul(self.in_proj.weight, x.transpose(1, 2))  # (B 2E L)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
+        xin, z = xz.chunk(2, dim=1)  # (B E L) each
+        xc = F.silu(
+            causal_depthwise_conv(xin, self.conv1d.weight, self.conv1d.bias, conv_state, resets)
+        )  # (B E L)
+        x_dbl = torch.matmul(self.x_proj.weight, xc)  # (B R+2N L)
+        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         y, ssm_last = selective_scan(
             xc,
-            rearrange(dt, "b l e -> b e l"),
-            -torch.exp(self.A_log.to(x.dtype)),
-            rearrange(b, "b l n -> b n l"),
-            rearrange(c, "b l n -> b n l"),
-            self.D.to(x.dtype),
+            torch.matmul(self.dt_proj.weight, dt),  # (B E L)
+            -torch.exp(self.A_log),
+            b,  # (B N L)
+            c,
+            self.D,
             z=z,
-            delta_bias=self.dt_proj.bias.to(x.dtype),
+            delta_bias=self.dt_proj.bias,
             delta_softplus=True,
             return_last_state=True,
             initial_state=ssm_state,
             resets=resets,
             backend=self.backend,
         )
-        out = self.out_proj(rearrange(y, "b e l -> b l e"))
+        out = self.out_proj(y.transpose(1, 2))  # (B L D)
         # The new conv state holds the last d_conv inputs, or fewer (zero-padded) after a reset.
         k = self.d_conv
-        hist = torch.cat([conv_state, xin], dim=-1)[..., -k:]  # (B E K)
+        hist = torch.cat([conv_state, xin[..., -k:]], dim=-1)[..., -k:]  # (B E K)
         if resets is not None:
             seg = torch.cumsum(resets.to(torch.int64), dim=1)
             seg_p = torch.cat([seg.new_zeros(seg.shape[0], k), seg], dim=1)[:, -k:]
             hist = hist * (seg_p == seg[:, -1:]).to(x.dtype)[:, None, :]
-        return out, (hist, ssm_last.to(x.dtype))
+        return out, (hist, ssm_last)
 
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         conv_state, ssm_state = state
         if self._fused_step_ok and self.fused_step_ready(x, conv_state, ssm_state):
             A = self.inference_constants(lambda: -torch.exp(self.A_log))
             out, conv_new, ssm_new = _backend.cpu_ext().mamba_step(
-                x.contiguous(), conv_state.contiguous(), ssm_state.contiguous(),
-                self.in_proj.weight, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                self.dt_proj.weight, self.dt_proj.bias, A, self.D, self.out_proj.weight,
+                x.contiguous(),
+                conv_state.contiguous(),
+                ssm_state.contiguous(),
+                self.in_proj.weight,
+                self.conv1d.weight,
+                self.conv1d.bias,
+                self.x_proj.weight,
+                self.dt_proj.weight,
+                self.dt_proj.bias,
+                A,
+                self.D,
+                self.out_proj.weight,
             )
             return out, (conv_new, ssm_new)
         xin, z = self.in_proj(x).chunk(2, dim=-1)  # (B E) each
         conv_state = torch.cat([conv_state[..., 1:], xin[..., None]], dim=-1)  # (B E K)
         w = rearrange(self.conv1d.weight, "e 1 k -> e k")
         xc = F.silu((conv_state * w).sum(-1) + self.conv1d.bias)  # (B E)
-        dt, b, c = self._ssm_inputs(xc)
-        dt = F.softplus(dt + self.dt_proj.bias)  # (B E)
-        A = -torch.exp(self.A_log.to(x.dtype))  # (E N)
+        dt, b, c = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], -1)
+        dt = F.softplus(self.dt_proj(dt))  # (B E)
+        A = -torch.exp(self.A_log)  # (E N)
         ssm_state = torch.exp(dt[..., None] * A) * ssm_state + (dt * xc)[..., None] * b[:, None]
         y = (ssm_state * c[:, None]).sum(-1) + self.D * xc
         out = self.out_proj(y * F.silu(z))
@@ -157,5 +171,7 @@ class Mamba(SequenceLayer):
         return self.in_proj.bias is None and self.out_proj.bias is None
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
-                f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, backend={self.backend!r}")
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+            f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, backend={self.backend!r}"
+        )

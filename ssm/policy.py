@@ -36,8 +36,12 @@ class PolicyOutput(NamedTuple):
 
 
 def is_image_space(space: gym.Space) -> bool:
-    return (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8
-            and len(space.shape) == 3 and space.shape[-1] in (1, 3, 4))
+    return (
+        isinstance(space, gym.spaces.Box)
+        and space.dtype == np.uint8
+        and len(space.shape) == 3
+        and space.shape[-1] in (1, 3, 4)
+    )
 
 
 class ImageEncoder(nn.Module):
@@ -47,9 +51,13 @@ class ImageEncoder(nn.Module):
         super().__init__()
         h, w, c = shape
         self.conv = nn.Sequential(
-            nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(),
+            nn.Conv2d(c, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
         )
         with torch.no_grad():
             n_flat = self.conv(torch.zeros(1, c, h, w)).shape[-1]
@@ -65,8 +73,9 @@ class VectorEncoder(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, hidden: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, d_out),
-                                 nn.Tanh())
+        self.net = nn.Sequential(
+            nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, d_out), nn.Tanh()
+        )
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs)
@@ -81,8 +90,9 @@ def make_head(action_space: gym.Space, d_in: int, box_head: str) -> ActionHead:
         if box_head not in ("gaussian", "tanh"):
             raise ValueError(f"box_head must be 'gaussian' or 'tanh', got {box_head!r}")
         return GaussianHead(d_in, action_space.low, action_space.high, squash=box_head == "tanh")
-    raise ValueError(f"unsupported action space {action_space}; expected Discrete, MultiDiscrete "
-                     "or Box")
+    raise ValueError(
+        f"unsupported action space {action_space}; expected Discrete, MultiDiscrete or Box"
+    )
 
 
 def _prev_action_dim(space: gym.Space) -> int:
@@ -122,7 +132,12 @@ class SequencePolicy(nn.Module):
     ):
         super().__init__()
         self.observation_space, self.action_space = observation_space, action_space
-        self.kind, self.d_model, self.n_layers, self.in_context = kind, d_model, n_layers, in_context
+        self.kind, self.d_model, self.n_layers, self.in_context = (
+            kind,
+            d_model,
+            n_layers,
+            in_context,
+        )
         if is_image_space(observation_space):
             self.obs_shape = tuple(observation_space.shape)
             self.encoder: nn.Module = ImageEncoder(self.obs_shape, d_model)
@@ -136,13 +151,16 @@ class SequencePolicy(nn.Module):
             self.encoder = VectorEncoder(int(np.prod(self.obs_shape)), d_model, encoder_hidden)
             enc_dim = d_model
         else:
-            raise ValueError(f"unsupported observation space {observation_space}; expected Box "
-                             "(vector or uint8 HxWxC image) or Discrete")
+            raise ValueError(
+                f"unsupported observation space {observation_space}; expected Box "
+                "(vector or uint8 HxWxC image) or Discrete"
+            )
         self.prev_action_dim = _prev_action_dim(action_space) if in_context else 0
         extra = self.prev_action_dim + 2 if in_context else 0
         self.in_proj = nn.Linear(enc_dim + extra, d_model)
         self.layers = nn.ModuleList(
-            make_layer(kind, d_model, **(layer_kwargs or {})) for _ in range(n_layers))
+            make_layer(kind, d_model, **(layer_kwargs or {})) for _ in range(n_layers)
+        )
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(d_model)
         self.head = make_head(action_space, d_model, box_head)
@@ -190,8 +208,10 @@ class SequencePolicy(nn.Module):
             raise ValueError("an in_context policy needs prev_action, prev_reward and prev_done")
         for name, t in (("prev_reward", reward), ("prev_done", done)):
             if not isinstance(t, Tensor) or tuple(t.shape) != lead:
-                raise ValueError(f"{name} must be a tensor of shape {lead}, got "
-                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+                raise ValueError(
+                    f"{name} must be a tensor of shape {lead}, got "
+                    f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}"
+                )
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
             if tuple(action.shape) != lead:
@@ -200,8 +220,9 @@ class SequencePolicy(nn.Module):
         elif isinstance(space, gym.spaces.MultiDiscrete):
             nvec = [int(v) for v in np.asarray(space.nvec).reshape(-1)]
             if tuple(action.shape) != (*lead, len(nvec)):
-                raise ValueError(f"prev_action must have shape {(*lead, len(nvec))}, got "
-                                 f"{tuple(action.shape)}")
+                raise ValueError(
+                    f"prev_action must have shape {(*lead, len(nvec))}, got {tuple(action.shape)}"
+                )
             a = torch.cat([F.one_hot(action[..., i].long(), v) for i, v in enumerate(nvec)], -1)
             a = a.to(dtype)
         else:
@@ -262,10 +283,12 @@ class SequencePolicy(nn.Module):
         return self._heads(x), tuple(new_state)
 
     def _check_policy_state(self, state) -> None:
-        if state is not None and (not isinstance(state, (tuple, list))
-                                  or len(state) != self.n_layers):
-            raise ValueError(f"policy state must be a tuple of {self.n_layers} layer states "
-                             "(see initial_state)")
+        if state is not None and (
+            not isinstance(state, (tuple, list)) or len(state) != self.n_layers
+        ):
+            raise ValueError(
+                f"policy state must be a tuple of {self.n_layers} layer states (see initial_state)"
+            )
 
     # -- distributions ---------------------------------------------------------------------------
     def log_prob(self, out: PolicyOutput, action: Tensor) -> Tensor:

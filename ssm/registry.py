@@ -28,7 +28,9 @@ def make_layer(kind: str, d_model: int, **kwargs) -> SequenceLayer:
     if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
         raise ValueError(f"d_model must be a positive int, got {d_model!r}")
     cls = KINDS[kind]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "d_model")]
+    accepted = [
+        p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "d_model")
+    ]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(f"unknown keyword(s) {unknown} for {kind!r}; accepted: {accepted}")

@@ -57,8 +57,9 @@ class GRU(_RNN):
     gates, n_state = 3, 1
 
     def _fused_sequence(self, x: Tensor, state: State):
-        y, h = torch.gru(x, state[0][None], self._weights(), True, 1, 0.0, self.training,
-                         False, True)
+        y, h = torch.gru(
+            x, state[0][None], self._weights(), True, 1, 0.0, self.training, False, True
+        )
         return y, (h[0],)
 
     def _step(self, x: Tensor, state: State):
@@ -80,15 +81,17 @@ class LSTM(_RNN):
 
     def _fused_sequence(self, x: Tensor, state: State):
         h0, c0 = state
-        y, h, c = torch.lstm(x, (h0[None], c0[None]), self._weights(), True, 1, 0.0,
-                             self.training, False, True)
+        y, h, c = torch.lstm(
+            x, (h0[None], c0[None]), self._weights(), True, 1, 0.0, self.training, False, True
+        )
         return y, (h[0], c[0])
 
     def _step(self, x: Tensor, state: State):
         if _backend.functorch_active():  # explicit cell: vmap has no batching rule for lstm_cell
             h, c = state
-            gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh,
-                                                                         self.bias_hh)
+            gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(
+                h, self.weight_hh, self.bias_hh
+            )
             i, f, g, o = gates.chunk(4, -1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)

@@ -33,8 +33,9 @@ def _check(u, delta, A, B, C, D, z, delta_bias, initial_state, resets):
         raise ValueError(f"selective_scan: u must be (B, D, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
     if tuple(delta.shape) != (batch, dim, length):
-        raise ValueError(f"selective_scan: delta must be {(batch, dim, length)} like u, "
-                         f"got {tuple(delta.shape)}")
+        raise ValueError(
+            f"selective_scan: delta must be {(batch, dim, length)} like u, got {tuple(delta.shape)}"
+        )
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"selective_scan: A must be (D={dim}, N), got {tuple(A.shape)}")
     n = A.shape[1]
@@ -42,8 +43,12 @@ def _check(u, delta, A, B, C, D, z, delta_bias, initial_state, resets):
         ok = (
             (M.dim() == 2 and tuple(M.shape) == (dim, n))
             or (M.dim() == 3 and M.shape[0] == batch and M.shape[2] == length)
-            or (M.dim() == 4 and M.shape[0] == batch and M.shape[3] == length
-                and dim % M.shape[1] == 0)
+            or (
+                M.dim() == 4
+                and M.shape[0] == batch
+                and M.shape[3] == length
+                and dim % M.shape[1] == 0
+            )
         )
         if not ok:
             raise ValueError(
@@ -56,11 +61,17 @@ def _check(u, delta, A, B, C, D, z, delta_bias, initial_state, resets):
     if z is not None and tuple(z.shape) != (batch, dim, length):
         raise ValueError(f"selective_scan: z must be {(batch, dim, length)}, got {tuple(z.shape)}")
     if initial_state is not None and tuple(initial_state.shape) != (batch, dim, n):
-        raise ValueError(f"selective_scan: initial_state must be {(batch, dim, n)}, "
-                         f"got {tuple(initial_state.shape)}")
-    if resets is not None and (resets.dtype != torch.bool or tuple(resets.shape) != (batch, length)):
-        raise ValueError(f"selective_scan: resets must be a bool tensor of shape "
-                         f"{(batch, length)}, got {resets.dtype} {tuple(resets.shape)}")
+        raise ValueError(
+            f"selective_scan: initial_state must be {(batch, dim, n)}, "
+            f"got {tuple(initial_state.shape)}"
+        )
+    if resets is not None and (
+        resets.dtype != torch.bool or tuple(resets.shape) != (batch, length)
+    ):
+        raise ValueError(
+            f"selective_scan: resets must be a bool tensor of shape "
+            f"{(batch, length)}, got {resets.dtype} {tuple(resets.shape)}"
+        )
 
 
 def _prepare_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
@@ -179,7 +190,13 @@ def _core_ref(u, delta, A, Bt, Ct, h0, resets):
     B4 = Bt.transpose(-1, -2)
     C4 = Ct.transpose(-1, -2)
     return selective_scan_ref(
-        u, delta, A, B4, C4, return_last_state=True, initial_state=h0,
+        u,
+        delta,
+        A,
+        B4,
+        C4,
+        return_last_state=True,
+        initial_state=h0,
         resets=resets if resets.numel() > 0 and resets.shape[-1] == u.shape[-1] else None,
     )
 
@@ -200,8 +217,9 @@ def _reference_core_grads(ctx, gy, gh):
         grads = torch.autograd.grad(outs, wrt, grads_out, create_graph=True, allow_unused=True)
     it = iter(grads)
     result = [next(it) if n else None for n in needs]
-    result = [torch.zeros_like(t) if (n and g is None) else g
-              for t, n, g in zip(inputs, needs, result)]
+    result = [
+        torch.zeros_like(t) if (n and g is None) else g for t, n, g in zip(inputs, needs, result)
+    ]
     return (*result, None)
 
 
@@ -218,8 +236,13 @@ def _fused_cpu(u, delta, A, B, C, h0, resets):
         h0 = u.new_zeros(batch, dim, A.shape[1])
     r = resets.contiguous() if resets is not None else torch.zeros(0, dtype=torch.bool)
     return _FusedScan.apply(
-        u.contiguous(), delta.to(dtype).contiguous(), A.to(dtype).contiguous(), Bt, Ct,
-        h0.to(dtype).contiguous(), r,
+        u.contiguous(),
+        delta.to(dtype).contiguous(),
+        A.to(dtype).contiguous(),
+        Bt,
+        Ct,
+        h0.to(dtype).contiguous(),
+        r,
     )
 
 
@@ -255,7 +278,8 @@ def selective_scan(
         out = _finish(y, u, D, z)
         return (out, h_last) if return_last_state else out
     if (
-        initial_state is None and resets is None
+        initial_state is None
+        and resets is None
         and _backend.use_cuda_fused(u, delta, A, B, C, backend=backend)
     ):
         fn = _backend.mamba_ssm_scan_fn()

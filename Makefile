@@ -1,0 +1,26 @@
+# Two commands for a new machine (see README):  `make bench`  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# On CPU-only machines torch==2.13.0 resolves to a local CPU build and no CUDA wheels are pulled.
+# On GPU machines the same pin resolves to the CUDA build; override with TORCH_SPEC=... if needed.
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: setup bench test lint
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+bench: setup
+	$(PY) experiments/bench_ssm.py
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
