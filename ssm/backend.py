@@ -158,6 +158,8 @@ def fused_allowed(*tensors: Tensor, backend: str = "auto", what: str = "scan") -
 
 
 def use_cpu_fused(*tensors: Tensor, backend: str = "auto", what: str = "scan") -> bool:
+    if backend == "cuda":
+        return False
     if not all(t.device.type == "cpu" for t in tensors):
         return False
     if not all(t.dtype in (torch.float32, torch.float64) for t in tensors):

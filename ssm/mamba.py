@@ -120,7 +120,7 @@ class Mamba(SequenceLayer):
             delta_bias=self.dt_proj.bias,
             delta_softplus=True,
             return_last_state=True,
-            initial_state=ssm_state,
+            initial_state=None if state is None else ssm_state,
             resets=resets,
             backend=self.backend,
         )

@@ -185,6 +185,64 @@ class _FusedScan(torch.autograd.Function):
         return du, ddelta, dA, dB, dC, dh0, None
 
 
+class FirstOrderKernel(torch.autograd.Function):
+    """Wraps a first-order-only kernel (mamba-ssm's CUDA scan) so that gradients stay exact.
+
+    ``fast(*inputs)`` runs in forward with a private graph; backward differentiates that graph,
+    except when a graph of the backward is asked for (``create_graph=True``) or the last state
+    receives a gradient (mamba-ssm does not propagate one): then it recomputes through
+    ``ref(*inputs)``, which is differentiable to any order. ``fast`` and ``ref`` return
+    ``(out, last_state)``.
+    """
+
+    @staticmethod
+    def forward(ctx, fast, ref, *inputs):
+        ctx.set_materialize_grads(False)
+        ctx.ref = ref
+        with torch.enable_grad():
+            private = [
+                t.detach().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t
+                for t in inputs
+            ]
+            out, last = fast(*private)
+        ctx.private = (private, out)
+        ctx.save_for_backward(*[t if isinstance(t, Tensor) else None for t in inputs])
+        ctx.non_tensor = [None if isinstance(t, Tensor) else t for t in inputs]
+        return out.detach(), last.detach()
+
+    @staticmethod
+    def backward(ctx, g_out, g_last):
+        saved = ctx.saved_tensors
+        inputs = [s if s is not None else n for s, n in zip(saved, ctx.non_tensor)]
+        wants = [
+            isinstance(t, Tensor) and need for t, need in zip(inputs, ctx.needs_input_grad[2:])
+        ]
+        if torch.is_grad_enabled() or g_last is not None:
+            _backend.log_once(
+                "first-order-fallback",
+                "ssm: double backward or a gradient of the "
+                "last state: recomputing the scan's gradient through the reference",
+            )
+            with torch.enable_grad():
+                outs = ctx.ref(*inputs)
+        else:
+            private, out = ctx.private
+            inputs, outs = private, (out, None)
+        pairs = [(o, g) for o, g in zip(outs, (g_out, g_last)) if g is not None and o is not None]
+        wrt = [t for t, w in zip(inputs, wants) if w]
+        grads = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs],
+                wrt,
+                [g for _, g in pairs],
+                create_graph=torch.is_grad_enabled(),
+                retain_graph=True,  # the private graph lives as long as ctx, like any saved graph
+                allow_unused=True,
+            )
+        )
+        return (None, None, *[next(grads) if w else None for w in wants])
+
+
 def _core_ref(u, delta, A, Bt, Ct, h0, resets):
     """The reference on the fused core's layout (B, C as (B, G, L, N)), for double backward."""
     B4 = Bt.transpose(-1, -2)
@@ -277,13 +335,26 @@ def selective_scan(
         y, h_last = _fused_cpu(u, d, A, B, C, initial_state, resets)
         out = _finish(y, u, D, z)
         return (out, h_last) if return_last_state else out
-    if (
-        initial_state is None
-        and resets is None
-        and _backend.use_cuda_fused(u, delta, A, B, C, backend=backend)
-    ):
+    if _backend.use_cuda_fused(u, delta, A, B, C, backend=backend):
+        if initial_state is not None or resets is not None:
+            _backend.log_once(
+                "cuda-state",
+                "ssm: mamba-ssm's scan takes no initial state or resets; using the torch scan "
+                "for calls that carry them",
+            )
+            return selective_scan_ref(
+                u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, **kw
+            )
         fn = _backend.mamba_ssm_scan_fn()
-        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+        def fast(*a):
+            return fn(*a, delta_softplus, True)
+
+        def ref(*a):
+            return selective_scan_ref(*a, delta_softplus, True)
+
+        out, last = FirstOrderKernel.apply(fast, ref, u, delta, A, B, C, D, z, delta_bias)
+        return (out, last) if return_last_state else out
     return selective_scan_ref(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, **kw
     )
