@@ -93,7 +93,7 @@ def cpu_ext() -> Any:
     binary. Set ``SSM_DISABLE_CPU_KERNELS=1`` to force the pure-torch path.
     """
     global _cpu_ext, _cpu_ext_state
-    if _cpu_ext_state != "unloaded" or not cpu_kernels_enabled():
+    if _cpu_ext_state == "loaded" or _cpu_ext_state == "failed" or not cpu_kernels_enabled():
         return _cpu_ext
     with _cpu_lock:
         if _cpu_ext_state != "unloaded":
@@ -140,8 +140,8 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def fused_allowed(*tensors: Tensor, backend: str = "auto", what: str = "scan") -> bool:
-    """Whether a fused (first-order) kernel may run for these inputs.
+def fused_allowed(backend: str = "auto", what: str = "scan") -> bool:
+    """Whether a fused (first-order) kernel may run now.
 
     Inside a ``torch.func`` transform it may not, and the fallback is logged once.
     """
@@ -164,7 +164,7 @@ def use_cpu_fused(*tensors: Tensor, backend: str = "auto", what: str = "scan") -
         return False
     if not all(t.dtype in (torch.float32, torch.float64) for t in tensors):
         return False
-    return fused_allowed(*tensors, backend=backend, what=what) and cpu_ext() is not None
+    return fused_allowed(backend=backend, what=what) and cpu_ext() is not None
 
 
 def use_cuda_fused(*tensors: Tensor, backend: str = "auto", what: str = "scan") -> bool:
@@ -172,7 +172,7 @@ def use_cuda_fused(*tensors: Tensor, backend: str = "auto", what: str = "scan") 
         if backend == "cuda":
             raise ValueError("backend='cuda' needs CUDA tensors; move the module with .cuda()")
         return False
-    if not fused_allowed(*tensors, backend=backend, what=what):
+    if not fused_allowed(backend=backend, what=what):
         return False
     fn = mamba_ssm_scan_fn()
     if fn is None and backend == "cuda":

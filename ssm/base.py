@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from . import backend as _backend
 
 State = tuple[Tensor, ...]
+_REAL_FLOATS = (torch.float32, torch.float64)
 
 
 def _fmt(shape: tuple[int, ...] | torch.Size) -> str:
@@ -88,24 +89,15 @@ class SequenceLayer(nn.Module, abc.ABC):
             p = next(self.parameters())
         return p.dtype, p.device
 
-    def inference_constants(self, build):
-        """``build()`` cached until any parameter changes (data pointer or in-place version).
-
-        For the fused inference steps, which re-use discretised parameters across steps.
-        """
-        params = list(self.parameters())
-        if any(p.is_inference() for p in params):  # no version counter to watch: don't cache
-            return build()
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        if getattr(self, "_constants_key", None) != key:
-            self._constants = build()
-            self._constants_key = key
-        return self._constants
-
-    def fused_step_ready(self, x: Tensor, *state: Tensor) -> bool:
-        """The fused C++ steps are for acting: no autograd recording, no transform, CPU."""
-        return not torch.is_grad_enabled() and _backend.use_cpu_fused(
-            x, *state, backend=getattr(self, "backend", "auto"), what=f"{type(self).__name__} step"
+    def fused_step_ready(self, x: Tensor) -> bool:
+        """The fused C++ steps are for acting: no autograd recording, no transform, CPU.
+        (The state was checked against ``x``'s dtype and device by ``step``.)"""
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in _REAL_FLOATS:
+            return False
+        if getattr(self, "backend", "auto") != "auto":
+            return False
+        return _backend.fused_allowed(what=f"{type(self).__name__} step") and (
+            _backend.cpu_ext() is not None
         )
 
     def initial_state(
@@ -132,7 +124,7 @@ class SequenceLayer(nn.Module, abc.ABC):
         """The zero state for the batch of ``x``, on its device and dtype."""
         return self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
 
-    def _check_state(self, state: State, batch_size: int) -> State:
+    def _check_state(self, state: State, batch_size: int, x: Tensor | None = None) -> State:
         expected = self.state_shapes(batch_size)
         if not isinstance(state, (tuple, list)) or len(state) != len(expected):
             raise ValueError(
@@ -150,6 +142,15 @@ class SequenceLayer(nn.Module, abc.ABC):
             if s.is_complex() != is_complex or not (s.is_complex() or s.is_floating_point()):
                 kind = "complex" if is_complex else "real floating"
                 raise ValueError(f"{type(self).__name__} state[{i}] must be {kind}, got {s.dtype}")
+            if x is not None and (s.real.dtype if is_complex else s.dtype) != x.dtype:
+                raise ValueError(
+                    f"{type(self).__name__} state[{i}] has dtype {s.dtype}, which "
+                    f"does not match x ({x.dtype})"
+                )
+            if x is not None and s.device != x.device:
+                raise ValueError(
+                    f"{type(self).__name__} state[{i}] is on {s.device}, x on {x.device}"
+                )
         return tuple(state)
 
     def _check_x(self, x: Tensor, rank: int, name: str) -> None:
@@ -181,7 +182,7 @@ class SequenceLayer(nn.Module, abc.ABC):
         batch, length = x.shape[0], x.shape[1]
         resets = check_mask(resets, (batch, length), "resets")
         if state is not None:
-            state = self._check_state(state, batch)
+            state = self._check_state(state, batch, x)
         return self._forward(x, state, resets)
 
     def step(
@@ -191,7 +192,7 @@ class SequenceLayer(nn.Module, abc.ABC):
         self._check_x(x, 2, "x")
         batch = x.shape[0]
         reset = check_mask(reset, (batch,), "reset")
-        state = self.zeros_like_state(x) if state is None else self._check_state(state, batch)
+        state = self.zeros_like_state(x) if state is None else self._check_state(state, batch, x)
         return self._step(x, zero_where(state, reset))
 
     def extra_repr(self) -> str:

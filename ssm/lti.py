@@ -171,16 +171,15 @@ class S4D(_DiagonalLTI):
 
     def _step(self, x: Tensor, state: State):
         (h,) = state
-        if self.fused_step_ready(x, h):
-            Ab, Bb, C = self.inference_constants(
-                lambda: tuple(torch.view_as_real(t).contiguous() for t in self.discretize()[1:])
-            )
+        if self.fused_step_ready(x):
             out, h_new = _backend.cpu_ext().s4d_step(
                 x.contiguous(),
                 torch.view_as_real(h.contiguous()),
-                Ab,
-                Bb,
-                C,
+                self.log_dt,
+                self.A_re_log,
+                self.A_im,
+                self.C_re,
+                self.C_im,
                 self.D,
                 self.out_proj.weight,
                 self.out_proj.bias,
@@ -246,14 +245,6 @@ class S5(_DiagonalLTI):
         B_bar = ((A_bar - 1) / lam)[:, None] * torch.complex(self.B_re, self.B_im)
         return A_bar, B_bar, torch.complex(self.C_re, self.C_im)
 
-    def _interleaved(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Λ̄ as (P, 2), and B̄, 2C̃ with real and imaginary parts interleaved, for the fused step:
-        ``bu = x B_int^T`` is B̄x as (B, 2P); ``y = h C_int^T`` is 2 Re(C̃ h) for h as (B, 2P)."""
-        A_bar, B_bar, C = self.discretize()
-        B_int = torch.stack([B_bar.real, B_bar.imag], dim=1).reshape(-1, self.d_model)  # (2P H)
-        C_int = torch.stack([2 * C.real, -2 * C.imag], dim=-1).reshape(self.d_model, -1)  # (H 2P)
-        return torch.view_as_real(A_bar).contiguous(), B_int.contiguous(), C_int.contiguous()
-
     def _forward(self, x: Tensor, state: State | None, resets: Tensor | None):
         A_bar, B_bar, C = self.discretize()
         bu = torch.einsum("blh,ph->blp", x.to(B_bar.dtype), B_bar)  # (B L P)
@@ -267,11 +258,17 @@ class S5(_DiagonalLTI):
 
     def _step(self, x: Tensor, state: State):
         (h,) = state
-        if self.fused_step_ready(x, h):
+        if self.fused_step_ready(x):
             out, h_new = _backend.cpu_ext().s5_step(
                 x.contiguous(),
                 torch.view_as_real(h.contiguous()),
-                *self.inference_constants(self._interleaved),
+                self.Lambda_re_log,
+                self.Lambda_im,
+                self.B_re,
+                self.B_im,
+                self.C_re,
+                self.C_im,
+                self.log_dt,
                 self.D,
                 self.out_proj.weight,
                 self.out_proj.bias,

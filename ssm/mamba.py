@@ -29,18 +29,26 @@ def causal_depthwise_conv(
     x: Tensor, weight: Tensor, bias: Tensor, history: Tensor, resets: Tensor | None
 ) -> Tensor:
     """Causal depthwise conv over ``x (B, E, L)`` with ``history (B, E, K)`` as the inputs before
-    step 0 (only the last K-1 are used). With ``resets (B, L)``, tap k of step t is masked when a
-    reset lies in (t-k, t], so the window never reaches into a previous episode."""
-    k = weight.shape[-1]
+    step 0 (only the last K-1 are used):  ``y_t = b + Σ_j w_j x_{t-(K-1)+j}``.
+
+    With ``resets (B, L)``, a tap is masked when a reset lies between it and t, so the window
+    never reaches into a previous episode. Written as K shifted multiply-adds rather than
+    ``F.conv1d``: K is tiny (4), this is as fast, works the same with and without resets, under
+    ``vmap`` and to any order, and avoids a very slow depthwise-conv backward on some CPUs.
+    """
+    k, length = weight.shape[-1], x.shape[-1]
     xp = torch.cat([history[..., 1:], x], dim=-1)  # (B E K-1+L)
-    if resets is None:
-        return F.conv1d(xp, weight, bias, groups=x.shape[1])
-    seg = torch.cumsum(resets.to(torch.int64), dim=1)  # episode index of each step, (B L)
-    seg_p = torch.cat([seg.new_zeros(seg.shape[0], k - 1), seg], dim=1)  # history belongs to ep 0
-    windows = xp.unfold(-1, k, 1)  # (B E L K): windows[..., t, j] = xp[t + j]
-    same = seg_p.unfold(-1, k, 1) == seg[..., None]  # (B L K)
-    w = rearrange(weight, "e 1 k -> e k")
-    return torch.einsum("belk,blk,ek->bel", windows, same.to(x.dtype), w) + bias[:, None]
+    w = weight[:, 0, :]  # (E K)
+    if resets is not None:
+        seg = torch.cumsum(resets.to(torch.int64), dim=1)  # episode index of each step, (B L)
+        seg_p = torch.cat([seg.new_zeros(seg.shape[0], k - 1), seg], dim=1)  # history: episode 0
+    y = bias[:, None].expand(x.shape[1], length)
+    for j in range(k):
+        tap = xp[..., j : j + length]  # x_{t-(K-1)+j}
+        if resets is not None:
+            tap = tap * (seg_p[:, j : j + length] == seg).to(x.dtype)[:, None, :]
+        y = y + w[:, j, None] * tap
+    return y
 
 
 class Mamba(SequenceLayer):
@@ -136,8 +144,7 @@ class Mamba(SequenceLayer):
 
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         conv_state, ssm_state = state
-        if self._fused_step_ok and self.fused_step_ready(x, conv_state, ssm_state):
-            A = self.inference_constants(lambda: -torch.exp(self.A_log))
+        if self._fused_step_ok and self.fused_step_ready(x):
             out, conv_new, ssm_new = _backend.cpu_ext().mamba_step(
                 x.contiguous(),
                 conv_state.contiguous(),
@@ -148,7 +155,7 @@ class Mamba(SequenceLayer):
                 self.x_proj.weight,
                 self.dt_proj.weight,
                 self.dt_proj.bias,
-                A,
+                self.A_log,
                 self.D,
                 self.out_proj.weight,
             )

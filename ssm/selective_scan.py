@@ -158,31 +158,35 @@ def selective_scan_ref(
 
 # -- fused paths --------------------------------------------------------------------------------
 class _FusedScan(torch.autograd.Function):
-    """First-order fused scan core ``(u, Δ, A, B, C, h0, resets) -> (y, h_L)`` on CPU.
+    """The fused CPU scan ``(u, δ, A, B, C, D, z, bias, softplus, h0, resets) -> (out, h_L)``.
 
-    ``B, C`` arrive as ``(B, G, L, N)`` contiguous. The backward recomputes the states inside the
-    kernel (nothing of size L·N is saved). If a graph of the backward is asked for
-    (``create_graph=True``), it re-enters the reference path, so double backward stays exact.
+    ``B, C`` arrive as ``(B, G, L, N)`` contiguous; absent optional inputs as empty tensors. The
+    backward recomputes everything per channel inside the kernel (nothing of size B·D·L·N is
+    saved). If a graph of the backward is asked for (``create_graph=True``), it differentiates
+    the reference instead, so double backward stays exact.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, Bt, Ct, h0, resets):
-        ext = _backend.cpu_ext()
-        y, h_last = ext.selective_scan_fwd(u, delta, A, Bt, Ct, h0, resets)
-        ctx.save_for_backward(u, delta, A, Bt, Ct, h0, resets)
-        return y, h_last
+    def forward(ctx, u, delta, A, Bt, Ct, D, z, bias, softplus, h0, resets):
+        out, h_last = _backend.cpu_ext().selective_scan_fwd(
+            u, delta, A, Bt, Ct, D, z, bias, softplus, h0, resets
+        )
+        ctx.softplus = softplus
+        ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, bias, h0, resets)
+        return out, h_last
 
     @staticmethod
-    def backward(ctx, gy, gh):
-        u, delta, A, Bt, Ct, h0, resets = ctx.saved_tensors
+    def backward(ctx, g_out, g_last):
+        u, delta, A, Bt, Ct, D, z, bias, h0, resets = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
-            return _reference_core_grads(ctx, gy, gh)
-        gy = gy.contiguous() if gy is not None else torch.zeros_like(u)
-        gh = gh.contiguous() if gh is not None else torch.zeros_like(h0)
-        du, ddelta, dA, dB, dC, dh0 = _backend.cpu_ext().selective_scan_bwd(
-            u, delta, A, Bt, Ct, h0, resets, gy, gh
+            return _reference_grads(ctx, g_out, g_last)
+        g_out = g_out.contiguous() if g_out is not None else torch.zeros_like(u)
+        g_last = g_last.contiguous() if g_last is not None else torch.zeros_like(h0)
+        du, dd, dA, dB, dC, dD, dz, dbias, dh0 = _backend.cpu_ext().selective_scan_bwd(
+            u, delta, A, Bt, Ct, D, z, bias, ctx.softplus, h0, resets, g_out, g_last
         )
-        return du, ddelta, dA, dB, dC, dh0, None
+        none_if_empty = [t if t.numel() else None for t in (dD, dz, dbias)]
+        return (du, dd, dA, dB, dC, *none_if_empty[:2], none_if_empty[2], None, dh0, None)
 
 
 class FirstOrderKernel(torch.autograd.Function):
@@ -213,7 +217,8 @@ class FirstOrderKernel(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_out, g_last):
         saved = ctx.saved_tensors
-        inputs = [s if s is not None else n for s, n in zip(saved, ctx.non_tensor)]
+        # Aliases: partial derivatives through this call only (see _reference_grads).
+        inputs = [s.view_as(s) if s is not None else n for s, n in zip(saved, ctx.non_tensor)]
         wants = [
             isinstance(t, Tensor) and need for t, need in zip(inputs, ctx.needs_input_grad[2:])
         ]
@@ -243,64 +248,81 @@ class FirstOrderKernel(torch.autograd.Function):
         return (None, None, *[next(grads) if w else None for w in wants])
 
 
-def _core_ref(u, delta, A, Bt, Ct, h0, resets):
-    """The reference on the fused core's layout (B, C as (B, G, L, N)), for double backward."""
-    B4 = Bt.transpose(-1, -2)
-    C4 = Ct.transpose(-1, -2)
+def _core_ref(u, delta, A, Bt, Ct, D, z, bias, softplus, h0, resets):
+    """The reference on the fused layout (B, C as (B, G, L, N); empty = absent)."""
+
+    def opt(t):
+        return t if t.numel() else None
+
     return selective_scan_ref(
         u,
         delta,
         A,
-        B4,
-        C4,
-        return_last_state=True,
+        Bt.transpose(-1, -2),
+        Ct.transpose(-1, -2),
+        opt(D),
+        opt(z),
+        opt(bias),
+        softplus,
+        True,
         initial_state=h0,
-        resets=resets if resets.numel() > 0 and resets.shape[-1] == u.shape[-1] else None,
+        resets=opt(resets),
     )
 
 
-def _reference_core_grads(ctx, gy, gh):
-    inputs = ctx.saved_tensors[:6]
-    needs = ctx.needs_input_grad[:6]
+def _reference_grads(ctx, g_out, g_last):
+    saved = ctx.saved_tensors
+    resets = saved[-1]
+    # Fresh aliases, so each gradient is the partial derivative through this scan only (inputs
+    # may depend on each other, e.g. Δ, B, C on u); the aliases keep the graph to the inputs.
+    inputs = tuple(t.view_as(t) for t in saved[:-1])
+    u, delta, A, Bt, Ct, D, z, bias, h0 = inputs
+    needs = [n for i, n in enumerate(ctx.needs_input_grad) if i not in (8, 10)]  # skip flags
     with torch.enable_grad():
-        y, h = _core_ref(*inputs, ctx.saved_tensors[6])
-        outs, grads_out = [], []
-        if gy is not None:
-            outs.append(y)
-            grads_out.append(gy)
-        if gh is not None:
-            outs.append(h)
-            grads_out.append(gh)
+        out, last = _core_ref(u, delta, A, Bt, Ct, D, z, bias, ctx.softplus, h0, resets)
+        pairs = [(o, g) for o, g in ((out, g_out), (last, g_last)) if g is not None]
         wrt = [t for t, n in zip(inputs, needs) if n]
-        grads = torch.autograd.grad(outs, wrt, grads_out, create_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs],
+            wrt,
+            [g for _, g in pairs],
+            create_graph=True,
+            allow_unused=True,
+        )
     it = iter(grads)
-    result = [next(it) if n else None for n in needs]
-    result = [
-        torch.zeros_like(t) if (n and g is None) else g for t, n, g in zip(inputs, needs, result)
-    ]
-    return (*result, None)
+    result = []
+    for t, n in zip(inputs, needs):
+        g = next(it) if n else None
+        result.append(torch.zeros_like(t) if n and g is None else g)
+    du, dd, dA, dB, dC, dD, dz, dbias, dh0 = result
+    return du, dd, dA, dB, dC, dD, dz, dbias, None, dh0, None
 
 
-def _fused_cpu(u, delta, A, B, C, h0, resets):
+def _fused_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, resets):
     batch, dim, _ = u.shape
     dtype = u.dtype
-    if B.dim() == 3:
-        B = B[:, None]
-    if C.dim() == 3:
-        C = C[:, None]
-    Bt = B.transpose(-1, -2).to(dtype).contiguous()  # (B G L N)
-    Ct = C.transpose(-1, -2).to(dtype).contiguous()
-    if h0 is None:
-        h0 = u.new_zeros(batch, dim, A.shape[1])
-    r = resets.contiguous() if resets is not None else torch.zeros(0, dtype=torch.bool)
+    B = B[:, None] if B.dim() == 3 else B
+    C = C[:, None] if C.dim() == 3 else C
+    if B.shape[1] != C.shape[1]:  # one grouped, one not: share the group count
+        g = max(B.shape[1], C.shape[1])
+        B, C = B.expand(-1, g, -1, -1), C.expand(-1, g, -1, -1)
+    empty = u.new_empty(0)
+
+    def prep(t):
+        return empty if t is None else t.to(dtype).contiguous()
+
     return _FusedScan.apply(
         u.contiguous(),
         delta.to(dtype).contiguous(),
         A.to(dtype).contiguous(),
-        Bt,
-        Ct,
-        h0.to(dtype).contiguous(),
-        r,
+        B.transpose(-1, -2).to(dtype).contiguous(),  # (B G L N)
+        C.transpose(-1, -2).to(dtype).contiguous(),
+        prep(D),
+        prep(z),
+        prep(delta_bias),
+        bool(delta_softplus),
+        u.new_zeros(batch, dim, A.shape[1]) if h0 is None else h0.to(dtype).contiguous(),
+        torch.zeros(0, dtype=torch.bool) if resets is None else resets.contiguous(),
     )
 
 
@@ -330,10 +352,12 @@ def selective_scan(
     _check(u, delta, A, B, C, D, z, delta_bias, initial_state, resets)
     kw = dict(initial_state=initial_state, resets=resets)
     real_selective = (not A.is_complex()) and B.dim() >= 3 and C.dim() >= 3
-    if real_selective and _backend.use_cpu_fused(u, delta, A, B, C, backend=backend):
-        d = _prepare_delta(delta, delta_bias, delta_softplus)
-        y, h_last = _fused_cpu(u, d, A, B, C, initial_state, resets)
-        out = _finish(y, u, D, z)
+    g_b, g_c = (B.shape[1] if B.dim() == 4 else 1), (C.shape[1] if C.dim() == 4 else 1)
+    groups_fit = g_b == g_c or min(g_b, g_c) == 1
+    if real_selective and groups_fit and _backend.use_cpu_fused(u, delta, A, B, C, backend=backend):
+        out, h_last = _fused_cpu(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, resets
+        )
         return (out, h_last) if return_last_state else out
     if _backend.use_cuda_fused(u, delta, A, B, C, backend=backend):
         if initial_state is not None or resets is not None:

@@ -19,7 +19,7 @@ BATCH = 3
 
 
 def layer_kwargs(kind: str, **overrides) -> dict:
-    """Small but non-trivial configurations (S4D's chunk is smaller than L, so chunks are padded)."""
+    """Small but non-trivial configurations (S4D's chunk < L, so its chunks get padded)."""
     kw: dict = {}
     if kind in ("s4d", "s5"):
         kw = {"d_state": D_STATE}
@@ -85,6 +85,50 @@ def max_err(a, b) -> float:
     return (a - b).abs().max().item()
 
 
+def pytest_configure(config):
+    # torch.func's jvp loads decompositions that call the deprecated torch.jit.script (torch's
+    # own warning, nothing to do with ssm).
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+    )
+
+
 @pytest.fixture(params=KINDS)
 def kind(request) -> str:
     return request.param
+
+
+class _KernelSpy:
+    """Wraps the compiled extension and records which of its functions were called."""
+
+    def __init__(self, ext):
+        self._ext = ext
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        fn = getattr(self._ext, name)
+
+        def wrapped(*args, **kwargs):
+            self.calls.append(name)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch) -> list[str]:
+    """The names of fused CPU kernel functions called during the test (in order).
+
+    Skips where the kernels are disabled (SSM_DISABLE_CPU_KERNELS=1); fails where they are
+    enabled but could not be built, since every fused-vs-reference comparison would then compare
+    the reference with itself.
+    """
+    from ssm import backend
+
+    if not backend.cpu_kernels_enabled():
+        pytest.skip("fused CPU kernels disabled by SSM_DISABLE_CPU_KERNELS")
+    ext = backend.cpu_ext()
+    assert ext is not None, "the fused CPU kernels are enabled but failed to build (see log)"
+    spy = _KernelSpy(ext)
+    monkeypatch.setattr(backend, "cpu_ext", lambda: spy)
+    return spy.calls

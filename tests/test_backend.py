@@ -96,8 +96,14 @@ def test_disabling_cpu_kernels_gives_the_same_numbers():
     outs = []
     for disable in ("1", "0"):
         env = dict(os.environ, SSM_DISABLE_CPU_KERNELS=disable)
-        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                             check=True, timeout=300)
+        res = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
         outs.append(res.stdout.split())
     (y_ref, none_ref), (y_fused, none_fused) = outs
     assert none_ref == "True" and none_fused == "False"

@@ -192,7 +192,7 @@ def test_sequence_gradients_match_step_gradients(kind, with_resets):
         scale = max(1.0, b.abs().max().item())
         assert (a - b).abs().max().item() < 1e-10 * scale
     # the gradient w.r.t. the initial state is not trivially zero
-    assert max(g.abs().max().item() for g in g_seq[1:1 + len(state0)]) > 1e-6
+    assert max(g.abs().max().item() for g in g_seq[1 : 1 + len(state0)]) > 1e-6
 
 
 # -- 4. gradcheck ----------------------------------------------------------------------------------
@@ -205,9 +205,7 @@ def test_gradcheck_wrt_input_and_initial_state(kind, with_resets):
     layer = ssm.make_layer(kind, 3, **kw).double()
     b, length = 2, 5
     x = torch.randn(b, length, 3, dtype=torch.float64, requires_grad=True)
-    state = tuple(
-        (0.5 * torch.randn_like(s)).requires_grad_(True) for s in layer.initial_state(b)
-    )
+    state = tuple((0.5 * torch.randn_like(s)).requires_grad_(True) for s in layer.initial_state(b))
     resets = None
     if with_resets:
         resets = torch.zeros(b, length, dtype=torch.bool)
@@ -229,7 +227,7 @@ def test_gradcheck_wrt_input_alone(kind):
     assert torch.autograd.gradcheck(lambda x: layer(x, None, resets)[0], (x,))
 
 
-# -- 5. Hessian-vector products ---------------------------------------------------------------------
+# -- 5. Hessian-vector products --------------------------------------------------------------------
 def test_hessian_vector_product_torch_func_matches_autograd(kind):
     layer = make(kind)
     x = _inputs(torch.float64, length=12)
@@ -298,9 +296,9 @@ def test_vmap_over_batch_of_inputs_equals_batched_call(kind):
     assert max_err(y_v[:, 0], y_b) < 1e-10
 
 
-# -- 8. Mamba backends ------------------------------------------------------------------------------
+# -- 8. Mamba backends -----------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_mamba_torch_backend_matches_fused_backend(dtype):
+def test_mamba_torch_backend_matches_fused_backend(dtype, kernel_calls):
     fused = make("mamba", dtype=dtype, backend="auto")
     ref = make("mamba", dtype=dtype, backend="torch")
     ref.load_state_dict(fused.state_dict())
@@ -316,8 +314,10 @@ def test_mamba_torch_backend_matches_fused_backend(dtype):
         g = torch.autograd.grad(_loss(y, s), [x, *state, *params], allow_unused=True)
         return y.detach(), [t.detach() for t in s], g
 
-    y_f, s_f, g_f = run(fused)
     y_r, s_r, g_r = run(ref)
+    assert kernel_calls == []
+    y_f, s_f, g_f = run(fused)
+    assert kernel_calls == ["selective_scan_fwd", "selective_scan_bwd"]
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     assert max_err(y_f, y_r) < tol
     assert max_err(s_f, s_r) < tol
@@ -329,7 +329,7 @@ def test_mamba_torch_backend_matches_fused_backend(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_mamba_fused_inference_step_matches_torch_step(dtype):
+def test_mamba_fused_inference_step_matches_torch_step(dtype, kernel_calls):
     fused = make("mamba", dtype=dtype, backend="auto")
     ref = make("mamba", dtype=dtype, backend="torch")
     ref.load_state_dict(fused.state_dict())
@@ -337,10 +337,10 @@ def test_mamba_fused_inference_step_matches_torch_step(dtype):
     state = random_state(fused, BATCH, dtype=dtype)
     resets = random_resets(BATCH, 15, p=0.3)
     with torch.no_grad():
-        assert fused._use_fused_step(x[:, 0], *state)  # the fused kernel really is exercised
-        assert not ref._use_fused_step(x[:, 0], *state)
-        y_f, s_f = run_steps(fused, x, state, resets)
         y_r, s_r = run_steps(ref, x, state, resets)
+        assert "mamba_step" not in kernel_calls  # backend="torch" never calls the kernel
+        y_f, s_f = run_steps(fused, x, state, resets)
+        assert kernel_calls.count("mamba_step") == 15  # the fused kernel really ran
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert max_err(y_f, y_r) < tol
     assert max_err(s_f, s_r) < tol
@@ -358,7 +358,102 @@ def test_mamba_without_conv_bias_step_matches_sequence():
     assert max_err(s_seq, s_step) < 1e-10
 
 
-# -- 10. dtypes -------------------------------------------------------------------------------------
+# -- fused inference steps (no_grad) == differentiable steps ------------------------------------
+FUSED_STEP_KINDS = ("s4d", "s5", "mamba")  # kinds with a fused C++ inference step
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_inference_step_matches_differentiable_step(kind, dtype, kernel_calls):
+    """Under no_grad a layer may take a fused kernel; it must agree with the autograd step."""
+    layer = make(kind, dtype=dtype)
+    x = _inputs(dtype, length=12)
+    state = random_state(layer, BATCH, dtype=dtype)
+    resets = random_resets(BATCH, 12, p=0.3)
+    y_g, s_g = run_steps(layer, x, state, resets)  # grad enabled: the torch path
+    assert kernel_calls == []
+    with torch.no_grad():
+        y_n, s_n = run_steps(layer, x, state, resets)
+    if kind in FUSED_STEP_KINDS:
+        assert len(kernel_calls) == 12, "the fused inference step was not used"
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert y_n.dtype == dtype
+    assert max_err(y_n, y_g.detach()) < tol
+    assert max_err(s_n, [t.detach() for t in s_g]) < tol
+
+
+def _check_inference_step_matches_fresh_copy(layer, dtype=torch.float64):
+    x = _inputs(dtype, length=1)[:, 0]
+    state = random_state(layer, BATCH, dtype=dtype)
+    with torch.no_grad():
+        y_n, _ = layer.step(x, state)
+    y_g, _ = copy.deepcopy(layer).step(x, state)  # grad enabled: recomputed from the parameters
+    assert max_err(y_n, y_g.detach()) < (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+def _warm(layer, dtype=torch.float64):
+    """One no_grad step, so that any inference-time caches are filled."""
+    with torch.no_grad():
+        layer.step(_inputs(dtype, length=1)[:, 0], None)
+
+
+def test_inference_step_sees_optimizer_updates(kind):
+    layer = make(kind)
+    _warm(layer)
+    y, _ = layer(_inputs(torch.float64, length=5))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    y.square().sum().backward()
+    opt.step()
+    _check_inference_step_matches_fresh_copy(layer)
+
+
+def test_inference_step_sees_load_state_dict(kind):
+    layer = make(kind)
+    _warm(layer)
+    layer.load_state_dict(make(kind, seed=5).state_dict())
+    _check_inference_step_matches_fresh_copy(layer)
+
+
+def test_inference_step_sees_replaced_parameters(kind):
+    layer = make(kind)
+    _warm(layer)
+    other = make(kind, seed=6)
+    for (name, _), (_, p) in zip(layer.named_parameters(), other.named_parameters(), strict=True):
+        mod = layer
+        *path, leaf = name.split(".")
+        for part in path:
+            mod = getattr(mod, part)
+        setattr(mod, leaf, torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+    _check_inference_step_matches_fresh_copy(layer)
+
+
+@pytest.mark.parametrize("kind_", FUSED_STEP_KINDS)
+def test_inference_step_sees_in_place_updates_through_data(kind_, kernel_calls):
+    layer = make(kind_)
+    _warm(layer)
+    target = make(kind_, seed=7)
+    for p, q in zip(layer.parameters(), target.parameters(), strict=True):
+        p.data.mul_(0.5).add_(0.5 * q.data)  # polyak averaging, the classic way
+    _check_inference_step_matches_fresh_copy(layer)
+
+
+@pytest.mark.parametrize("kind_", FUSED_STEP_KINDS)
+def test_inference_step_sees_vector_to_parameters(kind_, kernel_calls):
+    layer = make(kind_)
+    _warm(layer)
+    vec = torch.nn.utils.parameters_to_vector(make(kind_, seed=8).parameters())
+    torch.nn.utils.vector_to_parameters(vec, layer.parameters())
+    _check_inference_step_matches_fresh_copy(layer)
+
+
+@pytest.mark.parametrize("kind_", FUSED_STEP_KINDS)
+def test_inference_step_after_dtype_conversion(kind_, kernel_calls):
+    layer = make(kind_)
+    _warm(layer)
+    layer.float()
+    _check_inference_step_matches_fresh_copy(layer, torch.float32)
+
+
+# -- 10. dtypes ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_output_and_state_dtypes_follow_the_input(kind, dtype):
     layer = make(kind, dtype=dtype)

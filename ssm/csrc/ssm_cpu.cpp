@@ -1,12 +1,14 @@
-// Fused CPU kernels for ssm/: the selective scan (forward and backward) and the Mamba step.
+// Fused CPU kernels for ssm/: the selective scan (forward and backward) and inference steps.
 //
 // Selective scan, per batch b and channel d, with a state h of N numbers kept in registers:
-//     h_t = exp(dt_t * A) * h_{t-1} + dt_t * u_t * B_t        (h_{t-1} := 0 where reset_t)
-//     y_t = <C_t, h_t>
-// The backward recomputes h_t for one channel at a time into a small scratch buffer (L x N) that
-// stays in cache, then runs the adjoint recurrence backwards; nothing of size B*D*L*N is stored.
-// Layouts: u, dt (B, D, L); A (D, N); Bt, Ct (B, G, L, N); h0 (B, D, N); resets (B, L) bool or
-// empty. Channels d of group g = d / (D / G) share B and C.
+//     dt_t = softplus(delta_t + bias)                          (softplus and bias optional)
+//     h_t  = exp(dt_t A) * h_{t-1} + dt_t u_t B_t              (h_{t-1} := 0 where reset_t)
+//     y_t  = (<C_t, h_t> + D u_t) * silu(z_t)                  (D and z optional)
+// The backward recomputes dt_t, h_t and <C_t, h_t> for one channel at a time into small scratch
+// buffers (L x N) that stay in cache, then runs the adjoint recurrence backwards; nothing of size
+// B*D*L*N is stored. Layouts: u, delta, z (B, D, L); A (D, N); Bt, Ct (B, G, L, N); h0 (B, D, N);
+// D, bias (D); resets (B, L) bool. Optional inputs are passed as empty tensors. Channels d of
+// group g = d / (D / G) share B and C.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -18,58 +20,80 @@ namespace {
 template <typename T>
 inline T fast_exp(T x) { return std::exp(x); }
 
+// torch.nn.functional.softplus with beta=1, threshold=20, and its derivative.
+template <typename T>
+inline T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
+template <typename T>
+inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
 struct Dims {
   int64_t B, D, L, N, G, Dg;
 };
 
-Dims dims_of(const at::Tensor& u, const at::Tensor& A, const at::Tensor& Bt) {
+struct ScanArgs {
+  at::Tensor u, delta, A, Bt, Ct, Dv, z, bias, h0, resets;
+  bool softplus;
+};
+
+Dims dims_of(const ScanArgs& a) {
   Dims d;
-  d.B = u.size(0); d.D = u.size(1); d.L = u.size(2); d.N = A.size(1);
-  d.G = Bt.size(1); d.Dg = d.D / d.G;
+  d.B = a.u.size(0); d.D = a.u.size(1); d.L = a.u.size(2); d.N = a.A.size(1);
+  d.G = a.Bt.size(1); d.Dg = d.D / d.G;
   return d;
 }
 
-void check_inputs(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& A,
-                  const at::Tensor& Bt, const at::Tensor& Ct, const at::Tensor& h0,
-                  const at::Tensor& resets) {
-  TORCH_CHECK(u.dim() == 3 && dt.sizes() == u.sizes(), "u, dt must be (B, D, L)");
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1), "A must be (D, N)");
-  TORCH_CHECK(Bt.dim() == 4 && Ct.sizes() == Bt.sizes(), "B, C must be (B, G, L, N)");
-  TORCH_CHECK(Bt.size(0) == u.size(0) && Bt.size(2) == u.size(2) && Bt.size(3) == A.size(1),
-              "B, C shape mismatch");
-  TORCH_CHECK(u.size(1) % Bt.size(1) == 0, "G must divide D");
-  TORCH_CHECK(h0.dim() == 3 && h0.size(0) == u.size(0) && h0.size(1) == u.size(1) &&
-              h0.size(2) == A.size(1), "h0 must be (B, D, N)");
-  TORCH_CHECK(resets.numel() == 0 || (resets.dim() == 2 && resets.size(0) == u.size(0) &&
-              resets.size(1) == u.size(2) && resets.scalar_type() == at::kBool),
+void check_inputs(const ScanArgs& a) {
+  const auto& u = a.u;
+  TORCH_CHECK(u.dim() == 3 && a.delta.sizes() == u.sizes(), "u, delta must be (B, D, L)");
+  TORCH_CHECK(a.A.dim() == 2 && a.A.size(0) == u.size(1), "A must be (D, N)");
+  TORCH_CHECK(a.Bt.dim() == 4 && a.Ct.sizes() == a.Bt.sizes(), "B, C must be (B, G, L, N)");
+  TORCH_CHECK(a.Bt.size(0) == u.size(0) && a.Bt.size(2) == u.size(2) &&
+              a.Bt.size(3) == a.A.size(1), "B, C shape mismatch");
+  TORCH_CHECK(u.size(1) % a.Bt.size(1) == 0, "G must divide D");
+  TORCH_CHECK(a.h0.dim() == 3 && a.h0.size(0) == u.size(0) && a.h0.size(1) == u.size(1) &&
+              a.h0.size(2) == a.A.size(1), "h0 must be (B, D, N)");
+  TORCH_CHECK(a.Dv.numel() == 0 || a.Dv.numel() == u.size(1), "D must be empty or (D,)");
+  TORCH_CHECK(a.bias.numel() == 0 || a.bias.numel() == u.size(1), "bias must be empty or (D,)");
+  TORCH_CHECK(a.z.numel() == 0 || a.z.sizes() == u.sizes(), "z must be empty or (B, D, L)");
+  TORCH_CHECK(a.resets.numel() == 0 || (a.resets.dim() == 2 && a.resets.size(0) == u.size(0) &&
+              a.resets.size(1) == u.size(2) && a.resets.scalar_type() == at::kBool),
               "resets must be empty or (B, L) bool");
-  for (auto* t : {&u, &dt, &A, &Bt, &Ct, &h0}) {
+  for (const at::Tensor* t : {&a.u, &a.delta, &a.A, &a.Bt, &a.Ct, &a.h0, &a.Dv, &a.z, &a.bias}) {
     TORCH_CHECK(t->is_contiguous(), "inputs must be contiguous");
-    TORCH_CHECK(t->scalar_type() == u.scalar_type(), "inputs must share a dtype");
+    TORCH_CHECK(t->numel() == 0 || t->scalar_type() == u.scalar_type(), "inputs must share a dtype");
     TORCH_CHECK(t->device().is_cpu(), "inputs must be CPU tensors");
   }
 }
 
 template <typename T>
-void scan_fwd_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T* Bt,
-                     const T* Ct, const T* h0, const bool* resets, T* y, T* hL) {
+const T* ptr_or_null(const at::Tensor& t) { return t.numel() ? t.data_ptr<T>() : nullptr; }
+
+template <typename T>
+void scan_fwd_kernel(const Dims& s, const ScanArgs& a, T* out, T* hL) {
   const int64_t N = s.N, L = s.L;
+  const T *u = a.u.data_ptr<T>(), *dl = a.delta.data_ptr<T>(), *A = a.A.data_ptr<T>();
+  const T *Bt = a.Bt.data_ptr<T>(), *Ct = a.Ct.data_ptr<T>(), *h0 = a.h0.data_ptr<T>();
+  const T *Dv = ptr_or_null<T>(a.Dv), *z = ptr_or_null<T>(a.z), *bias = ptr_or_null<T>(a.bias);
+  const bool* resets = a.resets.numel() ? a.resets.data_ptr<bool>() : nullptr;
+  const bool sp = a.softplus;
   at::parallel_for(0, s.B * s.D, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> h(N), a(N);
+    std::vector<T> h(N), av(N);
     for (int64_t bd = begin; bd < end; ++bd) {
       const int64_t b = bd / s.D, d = bd % s.D, g = d / s.Dg;
       const T* u_ = u + bd * L;
-      const T* dt_ = dt + bd * L;
-      const T* A_ = A + d * N;
+      const T* dl_ = dl + bd * L;
+      const T* z_ = z ? z + bd * L : nullptr;
       const T* B_ = Bt + (b * s.G + g) * L * N;
       const T* C_ = Ct + (b * s.G + g) * L * N;
       const bool* r_ = resets ? resets + b * L : nullptr;
-      T* y_ = y + bd * L;
-      for (int64_t n = 0; n < N; ++n) { h[n] = h0[bd * N + n]; a[n] = A_[n]; }
+      const T Dd = Dv ? Dv[d] : T(0), bd_ = bias ? bias[d] : T(0);
+      T* o_ = out + bd * L;
+      for (int64_t n = 0; n < N; ++n) { h[n] = h0[bd * N + n]; av[n] = A[d * N + n]; }
       T* hp = h.data();
-      const T* ap = a.data();
+      const T* ap = av.data();
       for (int64_t t = 0; t < L; ++t) {
-        const T dtt = dt_[t], du = dtt * u_[t];
+        const T dtr = dl_[t] + bd_;
+        const T dtt = sp ? softplus(dtr) : dtr, du = dtt * u_[t];
         const T keep = (r_ && r_[t]) ? T(0) : T(1);
         const T* Bt_ = B_ + t * N;
         const T* Ct_ = C_ + t * N;
@@ -80,24 +104,37 @@ void scan_fwd_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T
           hp[n] = hn;
           acc += hn * Ct_[n];
         }
-        y_[t] = acc;
+        const T y = acc + Dd * u_[t];
+        o_[t] = z_ ? y * z_[t] * sigmoid(z_[t]) : y;
       }
       for (int64_t n = 0; n < N; ++n) hL[bd * N + n] = h[n];
     }
   });
 }
 
+struct ScanGrads {
+  at::Tensor du, ddelta, dA_part, dB_part, dC_part, dD_part, dz, dbias_part, dh0;
+};
+
 template <typename T>
-void scan_bwd_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T* Bt,
-                     const T* Ct, const T* h0, const bool* resets, const T* gy, const T* ghL,
-                     T* du, T* ddt, T* dA_part, T* dB_part, T* dC_part, T* dh0,
+void scan_bwd_kernel(const Dims& s, const ScanArgs& a, const T* gy, const T* ghL, ScanGrads& g,
                      int64_t n_chunks) {
-  // Work items: (b, g, chunk of the group's channels). dB/dC partial sums live per item and are
-  // reduced by the caller, so no two threads ever write the same memory.
+  // Work items: (b, g, chunk of the group's channels). dB/dC partial sums live per item and
+  // per-channel partials (dA, dD, dbias) per (b, d); the caller reduces them, so no two threads
+  // ever write the same memory.
   const int64_t N = s.N, L = s.L;
   const int64_t chunk = (s.Dg + n_chunks - 1) / n_chunks;
+  const T *u = a.u.data_ptr<T>(), *dl = a.delta.data_ptr<T>(), *A = a.A.data_ptr<T>();
+  const T *Bt = a.Bt.data_ptr<T>(), *Ct = a.Ct.data_ptr<T>(), *h0 = a.h0.data_ptr<T>();
+  const T *Dv = ptr_or_null<T>(a.Dv), *z = ptr_or_null<T>(a.z), *bias = ptr_or_null<T>(a.bias);
+  const bool* resets = a.resets.numel() ? a.resets.data_ptr<bool>() : nullptr;
+  const bool sp = a.softplus;
+  T *du = g.du.data_ptr<T>(), *ddl = g.ddelta.data_ptr<T>(), *dA_part = g.dA_part.data_ptr<T>();
+  T *dB_part = g.dB_part.data_ptr<T>(), *dC_part = g.dC_part.data_ptr<T>();
+  T *dD_part = g.dD_part.data_ptr<T>(), *dbias_part = g.dbias_part.data_ptr<T>();
+  T *dz = z ? g.dz.data_ptr<T>() : nullptr, *dh0 = g.dh0.data_ptr<T>();
   at::parallel_for(0, s.B * s.G * n_chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> hs((L + 1) * N), ea(L * N), g(N);
+    std::vector<T> hs((L + 1) * N), ea(L * N), gv(N), dts(L), ys(L);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / (s.G * n_chunks), gr = (item / n_chunks) % s.G;
       const int64_t c = item % n_chunks;
@@ -111,31 +148,47 @@ void scan_bwd_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T
       for (int64_t d = d_lo; d < d_hi; ++d) {
         const int64_t bd = b * s.D + d;
         const T* u_ = u + bd * L;
-        const T* dt_ = dt + bd * L;
+        const T* dl_ = dl + bd * L;
+        const T* z_ = z ? z + bd * L : nullptr;
         const T* A_ = A + d * N;
         const T* gy_ = gy + bd * L;
-        T* dA_ = dA_part + (b * s.D + d) * N;
+        const T Dd = Dv ? Dv[d] : T(0), bd_ = bias ? bias[d] : T(0);
+        T* dA_ = dA_part + bd * N;
         // Recompute: hs[t+1] = h_t, hs[0] = h_{-1} (= h0); a reset zeroes the state read at t.
         T* H = hs.data();
         for (int64_t n = 0; n < N; ++n) H[n] = h0[bd * N + n];
         for (int64_t t = 0; t < L; ++t) {
-          const T dtt = dt_[t], duu = dtt * u_[t];
+          const T dtr = dl_[t] + bd_;
+          const T dtt = sp ? softplus(dtr) : dtr, duu = dtt * u_[t];
+          dts[t] = dtt;
           const T keep = (r_ && r_[t]) ? T(0) : T(1);
           const T* hp = H + t * N;
           T* hn = H + (t + 1) * N;
           T* e = ea.data() + t * N;
           const T* Bt_ = B_ + t * N;
-#pragma omp simd
+          const T* Ct_ = C_ + t * N;
+          T acc = 0;
+#pragma omp simd reduction(+ : acc)
           for (int64_t n = 0; n < N; ++n) {
             e[n] = fast_exp(dtt * A_[n]);
             hn[n] = e[n] * (keep * hp[n]) + duu * Bt_[n];
+            acc += hn[n] * Ct_[n];
           }
+          ys[t] = acc;
         }
-        // Adjoint: g = dLoss/dh_t, carried backwards through h_t = e_t * (keep_t h_{t-1}) + ...
-        for (int64_t n = 0; n < N; ++n) g[n] = ghL[bd * N + n];
-        T* gp = g.data();
+        // Adjoint: gv = dLoss/dh_t, carried back through h_t = e_t * (keep_t h_{t-1}) + ...
+        for (int64_t n = 0; n < N; ++n) gv[n] = ghL[bd * N + n];
+        T* gp = gv.data();
+        T dD_acc = 0, dbias_acc = 0;
         for (int64_t t = L - 1; t >= 0; --t) {
-          const T dtt = dt_[t], ut = u_[t], gyt = gy_[t];
+          const T dtt = dts[t], ut = u_[t];
+          T gyt = gy_[t];
+          if (z_) {  // out = y * silu(z)
+            const T zt = z_[t], sg = sigmoid(zt), y = ys[t] + Dd * ut;
+            dz[bd * L + t] = gyt * y * sg * (T(1) + zt * (T(1) - sg));
+            gyt *= zt * sg;
+          }
+          dD_acc += gyt * ut;
           const T keep = (r_ && r_[t]) ? T(0) : T(1);
           const T* hcur = H + (t + 1) * N;
           const T* hprev = H + t * N;
@@ -157,64 +210,82 @@ void scan_bwd_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T
             dA_[n] += gn * dtt * eh;
             gp[n] = gn * e[n] * keep;
           }
-          ddt[bd * L + t] = sum_ddt;
-          du[bd * L + t] = sum_du * dtt;
+          // d softplus(x)/dx = sigmoid(x), and 1 above the threshold.
+          const T dtr = dl_[t] + bd_;
+          const T ddraw = sp ? (dtr > T(20) ? sum_ddt : sum_ddt * sigmoid(dtr)) : sum_ddt;
+          ddl[bd * L + t] = ddraw;
+          dbias_acc += ddraw;
+          du[bd * L + t] = sum_du * dtt + gyt * Dd;
         }
-        for (int64_t n = 0; n < N; ++n) dh0[bd * N + n] = g[n];
+        for (int64_t n = 0; n < N; ++n) dh0[bd * N + n] = gv[n];
+        dD_part[bd] = dD_acc;
+        dbias_part[bd] = dbias_acc;
       }
     }
   });
 }
 
-std::vector<at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor& dt,
-                                           const at::Tensor& A, const at::Tensor& Bt,
-                                           const at::Tensor& Ct, const at::Tensor& h0,
-                                           const at::Tensor& resets) {
-  check_inputs(u, dt, A, Bt, Ct, h0, resets);
-  const Dims s = dims_of(u, A, Bt);
-  auto y = at::empty_like(u);
-  auto hL = at::empty_like(h0);
-  const bool* r = resets.numel() ? resets.data_ptr<bool>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd", [&] {
-    scan_fwd_kernel<scalar_t>(s, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(),
-                              A.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
-                              Ct.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), r,
-                              y.data_ptr<scalar_t>(), hL.data_ptr<scalar_t>());
-  });
-  return {y, hL};
+ScanArgs make_args(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                   const at::Tensor& Bt, const at::Tensor& Ct, const at::Tensor& Dv,
+                   const at::Tensor& z, const at::Tensor& bias, bool softplus,
+                   const at::Tensor& h0, const at::Tensor& resets) {
+  ScanArgs a{u, delta, A, Bt, Ct, Dv, z, bias, h0, resets, softplus};
+  check_inputs(a);
+  return a;
 }
 
-std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor& dt,
+std::vector<at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta,
                                            const at::Tensor& A, const at::Tensor& Bt,
-                                           const at::Tensor& Ct, const at::Tensor& h0,
+                                           const at::Tensor& Ct, const at::Tensor& Dv,
+                                           const at::Tensor& z, const at::Tensor& bias,
+                                           bool softplus, const at::Tensor& h0,
+                                           const at::Tensor& resets) {
+  const ScanArgs a = make_args(u, delta, A, Bt, Ct, Dv, z, bias, softplus, h0, resets);
+  const Dims s = dims_of(a);
+  auto out = at::empty_like(u);
+  auto hL = at::empty_like(h0);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd", [&] {
+    scan_fwd_kernel<scalar_t>(s, a, out.data_ptr<scalar_t>(), hL.data_ptr<scalar_t>());
+  });
+  return {out, hL};
+}
+
+// Returns du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 (empty where the input was empty).
+std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor& delta,
+                                           const at::Tensor& A, const at::Tensor& Bt,
+                                           const at::Tensor& Ct, const at::Tensor& Dv,
+                                           const at::Tensor& z, const at::Tensor& bias,
+                                           bool softplus, const at::Tensor& h0,
                                            const at::Tensor& resets, const at::Tensor& gy,
                                            const at::Tensor& ghL) {
-  check_inputs(u, dt, A, Bt, Ct, h0, resets);
+  const ScanArgs a = make_args(u, delta, A, Bt, Ct, Dv, z, bias, softplus, h0, resets);
   TORCH_CHECK(gy.sizes() == u.sizes() && gy.is_contiguous(), "grad y must be (B, D, L)");
   TORCH_CHECK(ghL.sizes() == h0.sizes() && ghL.is_contiguous(), "grad h must be (B, D, N)");
-  const Dims s = dims_of(u, A, Bt);
+  const Dims s = dims_of(a);
   // Enough work items to keep every thread busy even for small batches.
   const int64_t threads = at::get_num_threads();
   int64_t n_chunks = (2 * threads + s.B * s.G - 1) / (s.B * s.G);
   n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_chunks, s.Dg));
-  auto du = at::empty_like(u);
-  auto ddt = at::empty_like(u);
-  auto dh0 = at::empty_like(h0);
-  auto dA_part = at::zeros({s.B, s.D, s.N}, u.options());
-  auto dB_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
-  auto dC_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
-  const bool* r = resets.numel() ? resets.data_ptr<bool>() : nullptr;
+  ScanGrads g;
+  g.du = at::empty_like(u);
+  g.ddelta = at::empty_like(u);
+  g.dh0 = at::empty_like(h0);
+  g.dz = z.numel() ? at::empty_like(z) : at::empty({0}, u.options());
+  g.dA_part = at::zeros({s.B, s.D, s.N}, u.options());
+  g.dB_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
+  g.dC_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
+  g.dD_part = at::empty({s.B, s.D}, u.options());
+  g.dbias_part = at::empty({s.B, s.D}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_bwd", [&] {
-    scan_bwd_kernel<scalar_t>(
-        s, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
-        Bt.data_ptr<scalar_t>(), Ct.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), r,
-        gy.data_ptr<scalar_t>(), ghL.data_ptr<scalar_t>(), du.data_ptr<scalar_t>(),
-        ddt.data_ptr<scalar_t>(), dA_part.data_ptr<scalar_t>(), dB_part.data_ptr<scalar_t>(),
-        dC_part.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(), n_chunks);
+    scan_bwd_kernel<scalar_t>(s, a, gy.data_ptr<scalar_t>(), ghL.data_ptr<scalar_t>(), g,
+                              n_chunks);
   });
-  auto dB = n_chunks == 1 ? dB_part.squeeze(2) : dB_part.sum(2);
-  auto dC = n_chunks == 1 ? dC_part.squeeze(2) : dC_part.sum(2);
-  return {du, ddt, dA_part.sum(0), dB, dC, dh0};
+  auto dB = n_chunks == 1 ? g.dB_part.squeeze(2) : g.dB_part.sum(2);
+  auto dC = n_chunks == 1 ? g.dC_part.squeeze(2) : g.dC_part.sum(2);
+  auto empty = at::empty({0}, u.options());
+  return {g.du, g.ddelta, g.dA_part.sum(0), dB, dC,
+          Dv.numel() ? g.dD_part.sum(0) : empty, g.dz,
+          bias.numel() ? g.dbias_part.sum(0) : empty, g.dh0};
 }
 
 // The SSM update and gating of one Mamba step, for all (b, d).
@@ -252,8 +323,11 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& x, const at::Tensor& conv_s
                                    const at::Tensor& ssm_state, const at::Tensor& in_w,
                                    const at::Tensor& conv_w, const at::Tensor& conv_b,
                                    const at::Tensor& xproj_w, const at::Tensor& dtproj_w,
-                                   const at::Tensor& dtproj_b, const at::Tensor& A,
+                                   const at::Tensor& dtproj_b, const at::Tensor& A_log,
                                    const at::Tensor& Dskip, const at::Tensor& out_w) {
+  // A = -exp(A_log) is recomputed every step (E*N exps, ~1 us): nothing is cached, so the step
+  // can never see stale parameters.
+  const auto A = at::neg(at::exp(A_log));
   const int64_t Bsz = x.size(0), Di = A.size(0), N = A.size(1), K = conv_w.size(-1);
   const int64_t R = dtproj_w.size(1);
   auto xz = at::matmul(x, in_w.t());  // (B, 2Di)
@@ -316,10 +390,32 @@ at::Tensor glu_output(const at::Tensor& y, const at::Tensor& x, const at::Tensor
   return at::glu(at::addmm(out_b, v, out_w.t()), -1);
 }
 
+// Zero-order hold for diagonal complex modes, from the raw parameters (as in ssm/lti.py):
+//   A = -exp(re_log) + i im,  Abar = exp(dt A),  Bbar = (Abar - 1) / A.
+// Recomputed every step (a few thousand exps, ~1-3 us): nothing is cached, so the fused step can
+// never see stale parameters. Outputs are interleaved (re, im).
+template <typename T>
+void zoh(int64_t n, const T* dt_of, int64_t dt_stride_div, const T* re_log, const T* im, T* Ab,
+         T* Bb) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T dt = dt_of[i / dt_stride_div];
+    const T ar = -std::exp(re_log[i]), ai = im[i];
+    const T mag = std::exp(dt * ar);
+    const T er = mag * std::cos(dt * ai), ei = mag * std::sin(dt * ai);
+    Ab[2 * i] = er;
+    Ab[2 * i + 1] = ei;
+    // (e - 1) / a = (e - 1) conj(a) / |a|^2
+    const T nr = er - T(1), den = ar * ar + ai * ai;
+    Bb[2 * i] = (nr * ar + ei * ai) / den;
+    Bb[2 * i + 1] = (ei * ar - nr * ai) / den;
+  }
+}
+
 // S4D: per channel h, h_n <- Abar_n h_n + Bbar_n x_h;  y_h = 2 Re(sum_n C_n h_n).
 template <typename T>
 void s4d_recurrence(int64_t Bsz, int64_t H, int64_t M, const T* x, const T* h, const T* Ab,
-                    const T* Bb, const T* C, T* hn, T* y) {
+                    const T* Bb, const T* Cr, const T* Ci, T* hn, T* y) {
   at::parallel_for(0, Bsz * H, 64, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t c = bh % H;
@@ -328,7 +424,8 @@ void s4d_recurrence(int64_t Bsz, int64_t H, int64_t M, const T* x, const T* h, c
       T* hq = hn + 2 * bh * M;
       const T* a = Ab + 2 * c * M;
       const T* b = Bb + 2 * c * M;
-      const T* cc = C + 2 * c * M;
+      const T* cr = Cr + c * M;
+      const T* ci = Ci + c * M;
       T acc = 0;
 #pragma omp simd reduction(+ : acc)
       for (int64_t m = 0; m < M; ++m) {
@@ -336,37 +433,72 @@ void s4d_recurrence(int64_t Bsz, int64_t H, int64_t M, const T* x, const T* h, c
         const T im = a[2 * m] * hp[2 * m + 1] + a[2 * m + 1] * hp[2 * m] + b[2 * m + 1] * xv;
         hq[2 * m] = re;
         hq[2 * m + 1] = im;
-        acc += cc[2 * m] * re - cc[2 * m + 1] * im;
+        acc += cr[m] * re - ci[m] * im;
       }
       y[bh] = 2 * acc;
     }
   });
 }
 
-// Arguments are real views (view_as_real) of the complex tensors: h (B, H, M, 2), Ab/Bb/C (H, M, 2).
-std::vector<at::Tensor> s4d_step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& Ab,
-                                 const at::Tensor& Bb, const at::Tensor& C,
-                                 const at::Tensor& Dskip, const at::Tensor& out_w,
-                                 const at::Tensor& out_b) {
+// h is a real view (view_as_real) of the complex state (B, H, M, 2).
+std::vector<at::Tensor> s4d_step(const at::Tensor& x, const at::Tensor& h,
+                                 const at::Tensor& log_dt, const at::Tensor& A_re_log,
+                                 const at::Tensor& A_im, const at::Tensor& C_re,
+                                 const at::Tensor& C_im, const at::Tensor& Dskip,
+                                 const at::Tensor& out_w, const at::Tensor& out_b) {
   const int64_t Bsz = x.size(0), H = x.size(1), M = h.size(2);
   auto hn = at::empty_like(h);
   auto y = at::empty_like(x);
+  auto Ab = at::empty({H, M, 2}, x.options());
+  auto Bb = at::empty({H, M, 2}, x.options());
+  auto dt = at::exp(log_dt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s4d_step", [&] {
-    s4d_recurrence<scalar_t>(Bsz, H, M, x.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-                             Ab.data_ptr<scalar_t>(), Bb.data_ptr<scalar_t>(),
-                             C.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>(),
-                             y.data_ptr<scalar_t>());
+    using T = scalar_t;
+    zoh<T>(H * M, dt.data_ptr<T>(), M, A_re_log.data_ptr<T>(), A_im.data_ptr<T>(),
+           Ab.data_ptr<T>(), Bb.data_ptr<T>());
+    s4d_recurrence<T>(Bsz, H, M, x.data_ptr<T>(), h.data_ptr<T>(), Ab.data_ptr<T>(),
+                      Bb.data_ptr<T>(), C_re.data_ptr<T>(), C_im.data_ptr<T>(),
+                      hn.data_ptr<T>(), y.data_ptr<T>());
   });
   return {glu_output(y, x, Dskip, out_w, out_b), hn};
 }
 
-// S5: h <- Abar h + Bbar x (complex, P modes), y = 2 Re(C h). B_int (2P, H) and C_int (H, 2P)
-// hold the interleaved real/imaginary parts, so both products are single real matmuls.
-std::vector<at::Tensor> s5_step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& Ab,
-                                const at::Tensor& B_int, const at::Tensor& C_int,
-                                const at::Tensor& Dskip, const at::Tensor& out_w,
-                                const at::Tensor& out_b) {
-  const int64_t Bsz = x.size(0), P = Ab.size(0);
+// S5: h <- Abar h + Bbar x (complex, P modes), y = 2 Re(C h). Bbar and 2C are laid out with
+// interleaved real/imaginary parts, B_int (2P, H) and C_int (H, 2P), so that both products are
+// single real matmuls.
+std::vector<at::Tensor> s5_step(const at::Tensor& x, const at::Tensor& h,
+                                const at::Tensor& lam_re_log, const at::Tensor& lam_im,
+                                const at::Tensor& B_re, const at::Tensor& B_im,
+                                const at::Tensor& C_re, const at::Tensor& C_im,
+                                const at::Tensor& log_dt, const at::Tensor& Dskip,
+                                const at::Tensor& out_w, const at::Tensor& out_b) {
+  const int64_t Bsz = x.size(0), P = lam_im.size(0), H = x.size(1);
+  auto Ab = at::empty({P, 2}, x.options());
+  auto scale = at::empty({P, 2}, x.options());
+  auto B_int = at::empty({2 * P, H}, x.options());
+  auto C_int = at::empty({H, 2 * P}, x.options());
+  auto dt = at::exp(log_dt);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s5_discretize", [&] {
+    using T = scalar_t;
+    zoh<T>(P, dt.data_ptr<T>(), 1, lam_re_log.data_ptr<T>(), lam_im.data_ptr<T>(),
+           Ab.data_ptr<T>(), scale.data_ptr<T>());
+    const T *sc = scale.data_ptr<T>(), *br = B_re.data_ptr<T>(), *bi = B_im.data_ptr<T>();
+    const T *cr = C_re.data_ptr<T>(), *ci = C_im.data_ptr<T>();
+    T *bo = B_int.data_ptr<T>(), *co = C_int.data_ptr<T>();
+    for (int64_t p = 0; p < P; ++p) {
+      for (int64_t k = 0; k < H; ++k) {  // Bbar[p, k] = scale_p * B[p, k]
+        const T r = br[p * H + k], i = bi[p * H + k];
+        bo[(2 * p) * H + k] = sc[2 * p] * r - sc[2 * p + 1] * i;
+        bo[(2 * p + 1) * H + k] = sc[2 * p] * i + sc[2 * p + 1] * r;
+      }
+    }
+    for (int64_t k = 0; k < H; ++k) {
+      for (int64_t p = 0; p < P; ++p) {
+        co[k * 2 * P + 2 * p] = 2 * cr[k * P + p];
+        co[k * 2 * P + 2 * p + 1] = -2 * ci[k * P + p];
+      }
+    }
+  });
   auto bu = at::mm(x, B_int.t());  // (B, 2P)
   auto hn = at::empty({Bsz, 2 * P}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s5_step", [&] {
