@@ -19,6 +19,7 @@ from . import backend as _backend
 
 State = tuple[Tensor, ...]
 _REAL_FLOATS = (torch.float32, torch.float64)
+_COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def _fmt(shape: tuple[int, ...] | torch.Size) -> str:
@@ -124,8 +125,28 @@ class SequenceLayer(nn.Module, abc.ABC):
         """The zero state for the batch of ``x``, on its device and dtype."""
         return self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
 
-    def _check_state(self, state: State, batch_size: int, x: Tensor | None = None) -> State:
-        expected = self.state_shapes(batch_size)
+    def _expected_state(self, batch_size: int):
+        cache = self.__dict__.setdefault("_state_shape_cache", {})
+        if batch_size not in cache:
+            cache[batch_size] = [(torch.Size(s), c) for s, c in self.state_shapes(batch_size)]
+        return cache[batch_size]
+
+    def _check_state(self, state: State, batch_size: int, x: Tensor) -> State:
+        expected = self._expected_state(batch_size)
+        # Fast path (every acting step comes here): exact shape, dtype and device.
+        if isinstance(state, tuple) and len(state) == len(expected):
+            real, cplx = x.dtype, _COMPLEX_OF.get(x.dtype)
+            if all(
+                isinstance(t, Tensor)
+                and t.shape == shape
+                and t.dtype == (cplx if is_complex else real)
+                and t.device == x.device
+                for t, (shape, is_complex) in zip(state, expected)
+            ):
+                return state
+        return self._explain_bad_state(state, batch_size, x, expected)
+
+    def _explain_bad_state(self, state, batch_size: int, x: Tensor, expected) -> State:
         if not isinstance(state, (tuple, list)) or len(state) != len(expected):
             raise ValueError(
                 f"{type(self).__name__} state must be a tuple of {len(expected)} tensors "
@@ -142,12 +163,12 @@ class SequenceLayer(nn.Module, abc.ABC):
             if s.is_complex() != is_complex or not (s.is_complex() or s.is_floating_point()):
                 kind = "complex" if is_complex else "real floating"
                 raise ValueError(f"{type(self).__name__} state[{i}] must be {kind}, got {s.dtype}")
-            if x is not None and (s.real.dtype if is_complex else s.dtype) != x.dtype:
+            if (s.real.dtype if is_complex else s.dtype) != x.dtype:
                 raise ValueError(
                     f"{type(self).__name__} state[{i}] has dtype {s.dtype}, which "
                     f"does not match x ({x.dtype})"
                 )
-            if x is not None and s.device != x.device:
+            if s.device != x.device:
                 raise ValueError(
                     f"{type(self).__name__} state[{i}] is on {s.device}, x on {x.device}"
                 )

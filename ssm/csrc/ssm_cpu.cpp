@@ -20,6 +20,9 @@ namespace {
 template <typename T>
 inline T fast_exp(T x) { return std::exp(x); }
 
+// Small per-step kernels only go parallel when there is enough work to pay for waking threads.
+constexpr int64_t kStepGrainWork = 1 << 15;
+
 // torch.nn.functional.softplus with beta=1, threshold=20, and its derivative.
 template <typename T>
 inline T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
@@ -288,12 +291,26 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
           bias.numel() ? g.dbias_part.sum(0) : empty, g.dh0};
 }
 
-// The SSM update and gating of one Mamba step, for all (b, d).
+// x * sigmoid(x) over an array, in its own loop so that exp vectorises.
 template <typename T>
-void mamba_step_scan(int64_t Bsz, int64_t Di, int64_t N, const T* xz, const T* xc, const T* dt,
-                     const T* A, const T* Dskip, const T* Bm, const T* Cm, const T* hs, T* nh,
-                     T* yg) {
-  at::parallel_for(0, Bsz * Di, 256, [&](int64_t begin, int64_t end) {
+void silu_inplace(int64_t n, T* x) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (T(1) + std::exp(-x[i]));
+}
+
+// softplus (threshold 20, as torch) over an array, vectorised through libmvec.
+template <typename T>
+void softplus_inplace(int64_t n, T* x) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] > T(20) ? x[i] : std::log1p(std::exp(x[i]));
+}
+
+// The SSM update of one Mamba step for all (b, d); writes y = C.h + D x (before the gate).
+template <typename T>
+void mamba_step_scan(int64_t Bsz, int64_t Di, int64_t N, const T* xc, const T* dt, const T* A,
+                     const T* Dskip, const T* Bm, const T* Cm, const T* hs, T* nh, T* y) {
+  at::parallel_for(0, Bsz * Di, std::max<int64_t>(1, kStepGrainWork / N), [&](int64_t begin,
+                                                                             int64_t end) {
     for (int64_t bd = begin; bd < end; ++bd) {
       const int64_t b = bd / Di, d = bd % Di;
       const T dtt = dt[bd], xv = xc[bd], du = dtt * xv;
@@ -309,8 +326,7 @@ void mamba_step_scan(int64_t Bsz, int64_t Di, int64_t N, const T* xz, const T* x
         hn[n] = v;
         acc += v * Cb[n];
       }
-      const T zv = xz[b * 2 * Di + Di + d];
-      yg[bd] = (acc + Dskip[d] * xv) * (zv / (T(1) + std::exp(-zv)));
+      y[bd] = acc + Dskip[d] * xv;
     }
   });
 }
@@ -319,22 +335,72 @@ void mamba_step_scan(int64_t Bsz, int64_t Di, int64_t N, const T* xz, const T* x
 //   xz = in_proj(x); x, z = split; conv state shift; x = silu(conv(x) + bias)
 //   dt, B, C = x_proj(x); dt = softplus(dt_proj(dt)); h = exp(dt A) h + dt B x; y = C.h + D x
 //   out = out_proj(y * silu(z))
+template <typename T>
+void linear_rows(int64_t Bsz, int64_t in, int64_t out, const T* xp, int64_t xs, const T* wp,
+                 const T* bp, T* yp) {
+  for (int64_t b = 0; b < Bsz; ++b) {
+    const T* xr = xp + b * xs;
+    for (int64_t o = 0; o < out; ++o) {
+      const T* wr = wp + o * in;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t i = 0; i < in; ++i) acc += xr[i] * wr[i];
+      yp[b * out + o] = acc + (bp ? bp[o] : T(0));
+    }
+  }
+}
+
+// y = x W^T (+ bias) for a (B, in) x with unit inner stride. For the few rows of an acting step,
+// plain dot products beat a BLAS call (whose dispatch costs more than the arithmetic).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& W, const at::Tensor* bias) {
+  if (x.size(0) > 8 || x.stride(1) != 1) {
+    return bias ? at::addmm(*bias, x, W.t()) : at::mm(x, W.t());
+  }
+  auto y = at::empty({x.size(0), W.size(0)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_rows", [&] {
+    linear_rows<scalar_t>(x.size(0), x.size(1), W.size(0), x.data_ptr<scalar_t>(), x.stride(0),
+                          W.data_ptr<scalar_t>(), bias ? bias->data_ptr<scalar_t>() : nullptr,
+                          y.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+template <typename T>
+void neg_exp(int64_t n, const T* x, T* y) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = -std::exp(x[i]);
+}
+
+template <typename T>
+void mul_inplace(int64_t n, T* y, const T* g) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] *= g[i];
+}
+
+// GLU over rows of o (B, 2H): o[:, :H] * sigmoid(o[:, H:]).
+template <typename T>
+void glu_rows(int64_t Bsz, int64_t H, const T* op, T* r) {
+  for (int64_t b = 0; b < Bsz; ++b) {
+    const T* a = op + b * 2 * H;
+#pragma omp simd
+    for (int64_t h = 0; h < H; ++h) r[b * H + h] = a[h] / (T(1) + std::exp(-a[H + h]));
+  }
+}
+
 std::vector<at::Tensor> mamba_step(const at::Tensor& x, const at::Tensor& conv_state,
                                    const at::Tensor& ssm_state, const at::Tensor& in_w,
                                    const at::Tensor& conv_w, const at::Tensor& conv_b,
                                    const at::Tensor& xproj_w, const at::Tensor& dtproj_w,
                                    const at::Tensor& dtproj_b, const at::Tensor& A_log,
                                    const at::Tensor& Dskip, const at::Tensor& out_w) {
-  // A = -exp(A_log) is recomputed every step (E*N exps, ~1 us): nothing is cached, so the step
-  // can never see stale parameters.
-  const auto A = at::neg(at::exp(A_log));
-  const int64_t Bsz = x.size(0), Di = A.size(0), N = A.size(1), K = conv_w.size(-1);
+  const int64_t Bsz = x.size(0), Di = A_log.size(0), N = A_log.size(1), K = conv_w.size(-1);
   const int64_t R = dtproj_w.size(1);
-  auto xz = at::matmul(x, in_w.t());  // (B, 2Di)
+  auto xz = linear(x, in_w, nullptr);  // (B, 2Di)
   auto new_conv = at::empty_like(conv_state);
   auto new_ssm = at::empty_like(ssm_state);
   auto xc = at::empty({Bsz, Di}, x.options());
   auto yg = at::empty({Bsz, Di}, x.options());
+  auto gate = at::empty({Bsz, Di}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mamba_step", [&] {
     using T = scalar_t;
     const T* xz_ = xz.data_ptr<T>();
@@ -343,32 +409,39 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& x, const at::Tensor& conv_s
     const T* cb = conv_b.data_ptr<T>();
     T* ncs = new_conv.data_ptr<T>();
     T* xc_ = xc.data_ptr<T>();
+    T* g_ = gate.data_ptr<T>();
     for (int64_t b = 0; b < Bsz; ++b) {
       for (int64_t d = 0; d < Di; ++d) {
-        const T* s = cs + (b * Di + d) * K;
+        const T* st = cs + (b * Di + d) * K;
         T* ns = ncs + (b * Di + d) * K;
-        for (int64_t k = 0; k + 1 < K; ++k) ns[k] = s[k + 1];
+        for (int64_t k = 0; k + 1 < K; ++k) ns[k] = st[k + 1];
         ns[K - 1] = xz_[b * 2 * Di + d];
         T acc = cb[d];
         for (int64_t k = 0; k < K; ++k) acc += ns[k] * cw[d * K + k];
-        xc_[b * Di + d] = acc / (T(1) + std::exp(-acc));
+        xc_[b * Di + d] = acc;
+        g_[b * Di + d] = xz_[b * 2 * Di + Di + d];
       }
     }
+    silu_inplace<T>(Bsz * Di, xc_);
+    silu_inplace<T>(Bsz * Di, g_);
   });
-  auto xdbl = at::matmul(xc, xproj_w.t());  // (B, R + 2N)
-  auto dt = at::matmul(xdbl.narrow(1, 0, R), dtproj_w.t()).add_(dtproj_b);
-  dt = at::softplus(dt);
-  auto Bm = xdbl.narrow(1, R, N).contiguous();
-  auto Cm = xdbl.narrow(1, R + N, N).contiguous();
+  auto xdbl = linear(xc, xproj_w, nullptr);  // (B, R + 2N)
+  auto dt = linear(xdbl.narrow(1, 0, R), dtproj_w, &dtproj_b);  // (B, Di)
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mamba_step_scan", [&] {
-    mamba_step_scan<scalar_t>(Bsz, Di, N, xz.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
-                              dt.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
-                              Dskip.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(),
-                              Cm.data_ptr<scalar_t>(), ssm_state.data_ptr<scalar_t>(),
-                              new_ssm.data_ptr<scalar_t>(), yg.data_ptr<scalar_t>());
+    using T = scalar_t;
+    softplus_inplace<T>(dt.numel(), dt.data_ptr<T>());
+    // A = -exp(A_log) is recomputed every step (E*N vectorised exps): nothing is cached, so
+    // the step can never see stale parameters.
+    std::vector<T> A(Di * N);
+    neg_exp<T>(Di * N, A_log.data_ptr<T>(), A.data());
+    auto Bm = xdbl.narrow(1, R, N).contiguous();
+    auto Cm = xdbl.narrow(1, R + N, N).contiguous();
+    mamba_step_scan<T>(Bsz, Di, N, xc.data_ptr<T>(), dt.data_ptr<T>(), A.data(),
+                       Dskip.data_ptr<T>(), Bm.data_ptr<T>(), Cm.data_ptr<T>(),
+                       ssm_state.data_ptr<T>(), new_ssm.data_ptr<T>(), yg.data_ptr<T>());
+    mul_inplace<T>(Bsz * Di, yg.data_ptr<T>(), gate.data_ptr<T>());
   });
-  auto out = at::matmul(yg, out_w.t());
-  return {out, new_conv, new_ssm};
+  return {linear(yg, out_w, nullptr), new_conv, new_ssm};
 }
 
 // -- S4D / S5 inference steps -------------------------------------------------------------------
@@ -387,7 +460,13 @@ at::Tensor glu_output(const at::Tensor& y, const at::Tensor& x, const at::Tensor
     const int64_t H = y.size(1), n = y.numel();
     for (int64_t i = 0; i < n; ++i) v_[i] = gelu_exact(y_[i] + D_[i % H] * x_[i]);
   });
-  return at::glu(at::addmm(out_b, v, out_w.t()), -1);
+  auto o = linear(v, out_w, &out_b);  // (B, 2H): GLU(o) = o[:, :H] * sigmoid(o[:, H:])
+  const int64_t H = y.size(1), Bsz = y.size(0);
+  auto out = at::empty_like(y);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "glu", [&] {
+    glu_rows<scalar_t>(Bsz, H, o.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+  });
+  return out;
 }
 
 // Zero-order hold for diagonal complex modes, from the raw parameters (as in ssm/lti.py):
@@ -395,20 +474,37 @@ at::Tensor glu_output(const at::Tensor& y, const at::Tensor& x, const at::Tensor
 // Recomputed every step (a few thousand exps, ~1-3 us): nothing is cached, so the fused step can
 // never see stale parameters. Outputs are interleaved (re, im).
 template <typename T>
-void zoh(int64_t n, const T* dt_of, int64_t dt_stride_div, const T* re_log, const T* im, T* Ab,
+void zoh(int64_t rows, int64_t cols, const T* dt_row, const T* re_log, const T* im, T* Ab,
          T* Bb) {
+  // sin and cos in separate loops: gcc would otherwise fuse them into a scalar sincos call,
+  // which has no vector variant; apart they vectorise through libmvec.
+  std::vector<T> ar(cols), th(cols), mag(cols), sn(cols), cs(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T dt = dt_row[r];
+    const T* rl = re_log + r * cols;
+    const T* ii = im + r * cols;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const T dt = dt_of[i / dt_stride_div];
-    const T ar = -std::exp(re_log[i]), ai = im[i];
-    const T mag = std::exp(dt * ar);
-    const T er = mag * std::cos(dt * ai), ei = mag * std::sin(dt * ai);
-    Ab[2 * i] = er;
-    Ab[2 * i + 1] = ei;
-    // (e - 1) / a = (e - 1) conj(a) / |a|^2
-    const T nr = er - T(1), den = ar * ar + ai * ai;
-    Bb[2 * i] = (nr * ar + ei * ai) / den;
-    Bb[2 * i + 1] = (ei * ar - nr * ai) / den;
+    for (int64_t c = 0; c < cols; ++c) {
+      ar[c] = -std::exp(rl[c]);
+      mag[c] = std::exp(dt * ar[c]);
+      th[c] = dt * ii[c];
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) sn[c] = std::sin(th[c]);
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) cs[c] = std::cos(th[c]);
+    T* ab = Ab + 2 * r * cols;
+    T* bb = Bb + 2 * r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) {
+      const T ai = ii[c], er = mag[c] * cs[c], ei = mag[c] * sn[c];
+      ab[2 * c] = er;
+      ab[2 * c + 1] = ei;
+      // (e - 1) / a = (e - 1) conj(a) / |a|^2
+      const T nr = er - T(1), den = ar[c] * ar[c] + ai * ai;
+      bb[2 * c] = (nr * ar[c] + ei * ai) / den;
+      bb[2 * c + 1] = (ei * ar[c] - nr * ai) / den;
+    }
   }
 }
 
@@ -416,7 +512,8 @@ void zoh(int64_t n, const T* dt_of, int64_t dt_stride_div, const T* re_log, cons
 template <typename T>
 void s4d_recurrence(int64_t Bsz, int64_t H, int64_t M, const T* x, const T* h, const T* Ab,
                     const T* Bb, const T* Cr, const T* Ci, T* hn, T* y) {
-  at::parallel_for(0, Bsz * H, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, Bsz * H, std::max<int64_t>(1, kStepGrainWork / M), [&](int64_t begin,
+                                                                            int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t c = bh % H;
       const T xv = x[bh];
@@ -454,8 +551,8 @@ std::vector<at::Tensor> s4d_step(const at::Tensor& x, const at::Tensor& h,
   auto dt = at::exp(log_dt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s4d_step", [&] {
     using T = scalar_t;
-    zoh<T>(H * M, dt.data_ptr<T>(), M, A_re_log.data_ptr<T>(), A_im.data_ptr<T>(),
-           Ab.data_ptr<T>(), Bb.data_ptr<T>());
+    zoh<T>(H, M, dt.data_ptr<T>(), A_re_log.data_ptr<T>(), A_im.data_ptr<T>(), Ab.data_ptr<T>(),
+           Bb.data_ptr<T>());
     s4d_recurrence<T>(Bsz, H, M, x.data_ptr<T>(), h.data_ptr<T>(), Ab.data_ptr<T>(),
                       Bb.data_ptr<T>(), C_re.data_ptr<T>(), C_im.data_ptr<T>(),
                       hn.data_ptr<T>(), y.data_ptr<T>());
@@ -480,7 +577,8 @@ std::vector<at::Tensor> s5_step(const at::Tensor& x, const at::Tensor& h,
   auto dt = at::exp(log_dt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s5_discretize", [&] {
     using T = scalar_t;
-    zoh<T>(P, dt.data_ptr<T>(), 1, lam_re_log.data_ptr<T>(), lam_im.data_ptr<T>(),
+    // One row per mode (each mode has its own step size).
+    zoh<T>(P, 1, dt.data_ptr<T>(), lam_re_log.data_ptr<T>(), lam_im.data_ptr<T>(),
            Ab.data_ptr<T>(), scale.data_ptr<T>());
     const T *sc = scale.data_ptr<T>(), *br = B_re.data_ptr<T>(), *bi = B_im.data_ptr<T>();
     const T *cr = C_re.data_ptr<T>(), *ci = C_im.data_ptr<T>();
@@ -499,7 +597,7 @@ std::vector<at::Tensor> s5_step(const at::Tensor& x, const at::Tensor& h,
       }
     }
   });
-  auto bu = at::mm(x, B_int.t());  // (B, 2P)
+  auto bu = linear(x, B_int, nullptr);  // (B, 2P)
   auto hn = at::empty({Bsz, 2 * P}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s5_step", [&] {
     using T = scalar_t;
@@ -515,7 +613,7 @@ std::vector<at::Tensor> s5_step(const at::Tensor& x, const at::Tensor& h,
       }
     }
   });
-  auto y = at::mm(hn, C_int.t());  // (B, H)
+  auto y = linear(hn, C_int, nullptr);  // (B, H)
   return {glu_output(y, x, Dskip, out_w, out_b), hn.view({Bsz, P, 2})};
 }
 
