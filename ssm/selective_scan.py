@@ -121,34 +121,29 @@ def selective_scan_ref(
     if C.dim() == 4:
         C = repeat(C, "b g n l -> b (g h) n l", h=dim // C.shape[1])
 
-    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))  # (B D L N)
-    if B.dim() == 2:
-        delta_b_u = torch.einsum("bdl,dn,bdl->bdln", delta, B, u)
-    elif B.dim() == 3:
-        delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
-    else:
-        delta_b_u = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
-    if A.is_complex() and not delta_b_u.is_complex():
-        delta_b_u = delta_b_u.to(delta_a.dtype)
+    # Per-step slices come from unbind (one cheap backward for all steps), and each step works on
+    # (B, D, N) tensors only: nothing of size B·D·L·N is materialised, in forward or backward.
+    def per_step(M: Tensor) -> list[Tensor]:
+        if M.dim() == 2:  # fixed (D, N)
+            return [M] * length
+        steps = M.unbind(-1)  # (B, N) or (B, D, N)
+        return [m[:, None] if M.dim() == 3 else m for m in steps]
 
+    deltas, us, Bs, Cs = delta.unbind(-1), u.unbind(-1), per_step(B), per_step(C)
+    cdtype = torch.promote_types(A.dtype, delta.dtype)
     h = (
-        initial_state.to(delta_a.dtype)
+        initial_state.to(cdtype)
         if initial_state is not None
-        else delta_a.new_zeros(batch, dim, A.shape[1])
+        else u.new_zeros(batch, dim, A.shape[1], dtype=cdtype)
     )
-    keep = None if resets is None else (~resets).to(delta.dtype)  # (B L)
+    keeps = None if resets is None else (~resets).to(delta.dtype).unbind(-1)  # (B,) per step
     ys = []
     for t in range(length):
-        if keep is not None:
-            h = h * keep[:, t, None, None]
-        h = delta_a[:, :, t] * h + delta_b_u[:, :, t]  # (B D N)
-        if C.dim() == 2:
-            y_t = torch.einsum("bdn,dn->bd", h, C)
-        elif C.dim() == 3:
-            y_t = torch.einsum("bdn,bn->bd", h, C[:, :, t])
-        else:
-            y_t = torch.einsum("bdn,bdn->bd", h, C[:, :, :, t])
-        ys.append(y_t)
+        if keeps is not None:
+            h = h * keeps[t][:, None, None]
+        dt = deltas[t][..., None]  # (B D 1)
+        h = torch.exp(dt * A) * h + (dt * us[t][..., None]) * Bs[t]  # (B D N)
+        ys.append((h * Cs[t]).sum(-1))  # (B D)
     y = torch.stack(ys, dim=2)  # (B D L)
     if y.is_complex():
         y = y.real * 2
