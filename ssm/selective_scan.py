@@ -293,6 +293,13 @@ def _reference_grads(ctx, g_out, g_last):
     return du, dd, dA, dB, dC, dD, dz, dbias, None, dh0, None
 
 
+def _rows_contiguous(t: Tensor) -> Tensor:
+    """``t`` (B, D, L) as is when each batch is one contiguous (D, L) block (e.g. a chunk of
+    in_proj's output), else a contiguous copy."""
+    ok = t.stride(2) == 1 and t.stride(1) == t.shape[2]
+    return t if ok else t.contiguous()
+
+
 def _fused_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, resets):
     batch, dim, _ = u.shape
     dtype = u.dtype
@@ -313,7 +320,7 @@ def _fused_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, resets):
         B.transpose(-1, -2).to(dtype).contiguous(),  # (B G L N)
         C.transpose(-1, -2).to(dtype).contiguous(),
         prep(D),
-        prep(z),
+        empty if z is None else _rows_contiguous(z.to(dtype)),
         prep(delta_bias),
         bool(delta_softplus),
         u.new_zeros(batch, dim, A.shape[1]) if h0 is None else h0.to(dtype).contiguous(),

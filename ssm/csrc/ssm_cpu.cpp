@@ -23,11 +23,6 @@ inline T fast_exp(T x) { return std::exp(x); }
 // Small per-step kernels only go parallel when there is enough work to pay for waking threads.
 constexpr int64_t kStepGrainWork = 1 << 15;
 
-// torch.nn.functional.softplus with beta=1, threshold=20, and its derivative.
-template <typename T>
-inline T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
-template <typename T>
-inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
 struct Dims {
   int64_t B, D, L, N, G, Dg;
@@ -61,7 +56,9 @@ void check_inputs(const ScanArgs& a) {
   TORCH_CHECK(a.resets.numel() == 0 || (a.resets.dim() == 2 && a.resets.size(0) == u.size(0) &&
               a.resets.size(1) == u.size(2) && a.resets.scalar_type() == at::kBool),
               "resets must be empty or (B, L) bool");
-  for (const at::Tensor* t : {&a.u, &a.delta, &a.A, &a.Bt, &a.Ct, &a.h0, &a.Dv, &a.z, &a.bias}) {
+  TORCH_CHECK(a.z.numel() == 0 || (a.z.stride(2) == 1 && a.z.stride(1) == a.z.size(2)),
+              "z rows must be contiguous (a batch stride is allowed)");
+  for (const at::Tensor* t : {&a.u, &a.delta, &a.A, &a.Bt, &a.Ct, &a.h0, &a.Dv, &a.bias}) {
     TORCH_CHECK(t->is_contiguous(), "inputs must be contiguous");
     TORCH_CHECK(t->numel() == 0 || t->scalar_type() == u.scalar_type(), "inputs must share a dtype");
     TORCH_CHECK(t->device().is_cpu(), "inputs must be CPU tensors");
@@ -71,6 +68,51 @@ void check_inputs(const ScanArgs& a) {
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) { return t.numel() ? t.data_ptr<T>() : nullptr; }
 
+// Per-channel prologue, vectorised over time (libmvec): dt_t = softplus(delta_t + bias) (or
+// without softplus), and the sigmoid of delta_t + bias that softplus' derivative needs.
+template <typename T>
+void channel_dt(int64_t L, const T* dl, T bias, bool sp, T* dt, T* sig) {
+  if (sp) {
+#pragma omp simd
+    for (int64_t t = 0; t < L; ++t) {
+      const T x = dl[t] + bias;
+      dt[t] = x > T(20) ? x : std::log1p(std::exp(x));
+    }
+    if (sig) {
+#pragma omp simd
+      for (int64_t t = 0; t < L; ++t) {
+        const T x = dl[t] + bias;
+        sig[t] = x > T(20) ? T(1) : T(1) / (T(1) + std::exp(-x));
+      }
+    }
+  } else {
+#pragma omp simd
+    for (int64_t t = 0; t < L; ++t) dt[t] = dl[t] + bias;
+    if (sig) {
+#pragma omp simd
+      for (int64_t t = 0; t < L; ++t) sig[t] = T(1);
+    }
+  }
+}
+
+template <typename T>
+void channel_sigmoid(int64_t L, const T* z, T* sg) {
+#pragma omp simd
+  for (int64_t t = 0; t < L; ++t) sg[t] = T(1) / (T(1) + std::exp(-z[t]));
+}
+
+template <typename T>
+void epilogue(int64_t L, const T* ys, const T* u, T Dd, T* o) {
+#pragma omp simd
+  for (int64_t t = 0; t < L; ++t) o[t] = ys[t] + Dd * u[t];
+}
+
+template <typename T>
+void epilogue_gated(int64_t L, const T* ys, const T* u, T Dd, const T* z, const T* sg, T* o) {
+#pragma omp simd
+  for (int64_t t = 0; t < L; ++t) o[t] = (ys[t] + Dd * u[t]) * z[t] * sg[t];
+}
+
 template <typename T>
 void scan_fwd_kernel(const Dims& s, const ScanArgs& a, T* out, T* hL) {
   const int64_t N = s.N, L = s.L;
@@ -79,24 +121,24 @@ void scan_fwd_kernel(const Dims& s, const ScanArgs& a, T* out, T* hL) {
   const T *Dv = ptr_or_null<T>(a.Dv), *z = ptr_or_null<T>(a.z), *bias = ptr_or_null<T>(a.bias);
   const bool* resets = a.resets.numel() ? a.resets.data_ptr<bool>() : nullptr;
   const bool sp = a.softplus;
+  const int64_t zsb = z ? a.z.stride(0) : 0;  // z may be a batch-strided slice (chunk of xz)
   at::parallel_for(0, s.B * s.D, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> h(N), av(N);
+    std::vector<T> h(N), av(N), dts(L), ys(L), sg(z ? L : 0);
     for (int64_t bd = begin; bd < end; ++bd) {
       const int64_t b = bd / s.D, d = bd % s.D, g = d / s.Dg;
       const T* u_ = u + bd * L;
-      const T* dl_ = dl + bd * L;
-      const T* z_ = z ? z + bd * L : nullptr;
+      const T* z_ = z ? z + b * zsb + d * L : nullptr;
       const T* B_ = Bt + (b * s.G + g) * L * N;
       const T* C_ = Ct + (b * s.G + g) * L * N;
       const bool* r_ = resets ? resets + b * L : nullptr;
-      const T Dd = Dv ? Dv[d] : T(0), bd_ = bias ? bias[d] : T(0);
+      const T Dd = Dv ? Dv[d] : T(0);
       T* o_ = out + bd * L;
+      channel_dt<T>(L, dl + bd * L, bias ? bias[d] : T(0), sp, dts.data(), nullptr);
       for (int64_t n = 0; n < N; ++n) { h[n] = h0[bd * N + n]; av[n] = A[d * N + n]; }
       T* hp = h.data();
       const T* ap = av.data();
       for (int64_t t = 0; t < L; ++t) {
-        const T dtr = dl_[t] + bd_;
-        const T dtt = sp ? softplus(dtr) : dtr, du = dtt * u_[t];
+        const T dtt = dts[t], du = dtt * u_[t];
         const T keep = (r_ && r_[t]) ? T(0) : T(1);
         const T* Bt_ = B_ + t * N;
         const T* Ct_ = C_ + t * N;
@@ -107,8 +149,13 @@ void scan_fwd_kernel(const Dims& s, const ScanArgs& a, T* out, T* hL) {
           hp[n] = hn;
           acc += hn * Ct_[n];
         }
-        const T y = acc + Dd * u_[t];
-        o_[t] = z_ ? y * z_[t] * sigmoid(z_[t]) : y;
+        ys[t] = acc;
+      }
+      if (z_) {
+        channel_sigmoid<T>(L, z_, sg.data());
+        epilogue_gated<T>(L, ys.data(), u_, Dd, z_, sg.data(), o_);
+      } else {
+        epilogue<T>(L, ys.data(), u_, Dd, o_);
       }
       for (int64_t n = 0; n < N; ++n) hL[bd * N + n] = h[n];
     }
@@ -136,8 +183,9 @@ void scan_bwd_kernel(const Dims& s, const ScanArgs& a, const T* gy, const T* ghL
   T *dB_part = g.dB_part.data_ptr<T>(), *dC_part = g.dC_part.data_ptr<T>();
   T *dD_part = g.dD_part.data_ptr<T>(), *dbias_part = g.dbias_part.data_ptr<T>();
   T *dz = z ? g.dz.data_ptr<T>() : nullptr, *dh0 = g.dh0.data_ptr<T>();
+  const int64_t zsb = z ? a.z.stride(0) : 0;
   at::parallel_for(0, s.B * s.G * n_chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> hs((L + 1) * N), ea(L * N), gv(N), dts(L), ys(L);
+    std::vector<T> hs((L + 1) * N), ea(L * N), gv(N), dts(L), ys(L), sdt(L), sg(z ? L : 0);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / (s.G * n_chunks), gr = (item / n_chunks) % s.G;
       const int64_t c = item % n_chunks;
@@ -152,18 +200,18 @@ void scan_bwd_kernel(const Dims& s, const ScanArgs& a, const T* gy, const T* ghL
         const int64_t bd = b * s.D + d;
         const T* u_ = u + bd * L;
         const T* dl_ = dl + bd * L;
-        const T* z_ = z ? z + bd * L : nullptr;
+        const T* z_ = z ? z + b * zsb + d * L : nullptr;
         const T* A_ = A + d * N;
         const T* gy_ = gy + bd * L;
-        const T Dd = Dv ? Dv[d] : T(0), bd_ = bias ? bias[d] : T(0);
+        const T Dd = Dv ? Dv[d] : T(0);
         T* dA_ = dA_part + bd * N;
+        channel_dt<T>(L, dl_, bias ? bias[d] : T(0), sp, dts.data(), sdt.data());
+        if (z_) channel_sigmoid<T>(L, z_, sg.data());
         // Recompute: hs[t+1] = h_t, hs[0] = h_{-1} (= h0); a reset zeroes the state read at t.
         T* H = hs.data();
         for (int64_t n = 0; n < N; ++n) H[n] = h0[bd * N + n];
         for (int64_t t = 0; t < L; ++t) {
-          const T dtr = dl_[t] + bd_;
-          const T dtt = sp ? softplus(dtr) : dtr, duu = dtt * u_[t];
-          dts[t] = dtt;
+          const T dtt = dts[t], duu = dtt * u_[t];
           const T keep = (r_ && r_[t]) ? T(0) : T(1);
           const T* hp = H + t * N;
           T* hn = H + (t + 1) * N;
@@ -187,9 +235,9 @@ void scan_bwd_kernel(const Dims& s, const ScanArgs& a, const T* gy, const T* ghL
           const T dtt = dts[t], ut = u_[t];
           T gyt = gy_[t];
           if (z_) {  // out = y * silu(z)
-            const T zt = z_[t], sg = sigmoid(zt), y = ys[t] + Dd * ut;
-            dz[bd * L + t] = gyt * y * sg * (T(1) + zt * (T(1) - sg));
-            gyt *= zt * sg;
+            const T zt = z_[t], sgt = sg[t], y = ys[t] + Dd * ut;
+            dz[bd * L + t] = gyt * y * sgt * (T(1) + zt * (T(1) - sgt));
+            gyt *= zt * sgt;
           }
           dD_acc += gyt * ut;
           const T keep = (r_ && r_[t]) ? T(0) : T(1);
@@ -213,9 +261,7 @@ void scan_bwd_kernel(const Dims& s, const ScanArgs& a, const T* gy, const T* ghL
             dA_[n] += gn * dtt * eh;
             gp[n] = gn * e[n] * keep;
           }
-          // d softplus(x)/dx = sigmoid(x), and 1 above the threshold.
-          const T dtr = dl_[t] + bd_;
-          const T ddraw = sp ? (dtr > T(20) ? sum_ddt : sum_ddt * sigmoid(dtr)) : sum_ddt;
+          const T ddraw = sum_ddt * sdt[t];  // d softplus(x)/dx = sigmoid(x) (1 past 20)
           ddl[bd * L + t] = ddraw;
           dbias_acc += ddraw;
           du[bd * L + t] = sum_du * dtt + gyt * Dd;
