@@ -172,17 +172,13 @@ class S4D(_DiagonalLTI):
     def _step(self, x: Tensor, state: State):
         (h,) = state
         if self.fused_step_ready(x):
+            p, out_p = self._parameters, self._modules["out_proj"]._parameters
             out, h_new = _backend.cpu_ext().s4d_step(
                 x.contiguous(),
                 torch.view_as_real(h.contiguous()),
-                self.log_dt,
-                self.A_re_log,
-                self.A_im,
-                self.C_re,
-                self.C_im,
-                self.D,
-                self.out_proj.weight,
-                self.out_proj.bias,
+                *(p[k] for k in ("log_dt", "A_re_log", "A_im", "C_re", "C_im", "D")),
+                out_p["weight"],
+                out_p["bias"],
             )
             return out, (torch.view_as_complex(h_new),)
         _, A_bar, B_bar, C = self.discretize()
@@ -259,19 +255,14 @@ class S5(_DiagonalLTI):
     def _step(self, x: Tensor, state: State):
         (h,) = state
         if self.fused_step_ready(x):
+            p, out_p = self._parameters, self._modules["out_proj"]._parameters
+            names = ("Lambda_re_log", "Lambda_im", "B_re", "B_im", "C_re", "C_im", "log_dt", "D")
             out, h_new = _backend.cpu_ext().s5_step(
                 x.contiguous(),
                 torch.view_as_real(h.contiguous()),
-                self.Lambda_re_log,
-                self.Lambda_im,
-                self.B_re,
-                self.B_im,
-                self.C_re,
-                self.C_im,
-                self.log_dt,
-                self.D,
-                self.out_proj.weight,
-                self.out_proj.bias,
+                *(p[k] for k in names),
+                out_p["weight"],
+                out_p["bias"],
             )
             return out, (torch.view_as_complex(h_new),)
         A_bar, B_bar, C = self.discretize()

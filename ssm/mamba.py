@@ -144,22 +144,13 @@ class Mamba(SequenceLayer):
 
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         conv_state, ssm_state = state
-        if self._fused_step_ok and self.fused_step_ready(x):
-            out, conv_new, ssm_new = _backend.cpu_ext().mamba_step(
-                x.contiguous(),
-                conv_state.contiguous(),
-                ssm_state.contiguous(),
-                self.in_proj.weight,
-                self.conv1d.weight,
-                self.conv1d.bias,
-                self.x_proj.weight,
-                self.dt_proj.weight,
-                self.dt_proj.bias,
-                self.A_log,
-                self.D,
-                self.out_proj.weight,
-            )
-            return out, (conv_new, ssm_new)
+        if self.fused_step_ready(x):
+            weights = self._fused_step_weights()
+            if weights is not None:
+                out, conv_new, ssm_new = _backend.cpu_ext().mamba_step(
+                    x.contiguous(), conv_state.contiguous(), ssm_state.contiguous(), *weights
+                )
+                return out, (conv_new, ssm_new)
         xin, z = self.in_proj(x).chunk(2, dim=-1)  # (B E) each
         conv_state = torch.cat([conv_state[..., 1:], xin[..., None]], dim=-1)  # (B E K)
         w = rearrange(self.conv1d.weight, "e 1 k -> e k")
@@ -172,10 +163,28 @@ class Mamba(SequenceLayer):
         out = self.out_proj(y * F.silu(z))
         return out, (conv_state, ssm_state)
 
-    @property
-    def _fused_step_ok(self) -> bool:
-        """The fused step implements the bias-free projections of the reference block."""
-        return self.in_proj.bias is None and self.out_proj.bias is None
+    def _fused_step_weights(self) -> tuple[Tensor, ...] | None:
+        """The tensors the fused step takes, or None where it does not apply (projection biases).
+
+        Read straight from the ``_parameters`` dicts: this runs on every acting step, where
+        ``nn.Module.__getattr__`` would cost more than the step's arithmetic; ``functional_call``
+        swaps entries of these same dicts, so swapped parameters are seen."""
+        m, p = self._modules, self._parameters
+        in_p, out_p = m["in_proj"]._parameters, m["out_proj"]._parameters
+        if in_p["bias"] is not None or out_p["bias"] is not None:
+            return None
+        conv, dt = m["conv1d"]._parameters, m["dt_proj"]._parameters
+        return (
+            in_p["weight"],
+            conv["weight"],
+            conv["bias"],
+            m["x_proj"]._parameters["weight"],
+            dt["weight"],
+            dt["bias"],
+            p["A_log"],
+            p["D"],
+            out_p["weight"],
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -21,7 +21,7 @@ template <typename T>
 inline T fast_exp(T x) { return std::exp(x); }
 
 // Small per-step kernels only go parallel when there is enough work to pay for waking threads.
-constexpr int64_t kStepGrainWork = 1 << 15;
+constexpr int64_t kStepGrainWork = 1 << 18;
 
 
 struct Dims {
@@ -492,19 +492,26 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& x, const at::Tensor& conv_s
 
 // -- S4D / S5 inference steps -------------------------------------------------------------------
 // Both end in out = GLU(W gelu(y + D x) + b); y is computed by the layer-specific recurrence.
+// v = gelu(y + D x) row by row (exact erf GELU, as F.gelu), vectorised through libmvec.
 template <typename T>
-inline T gelu_exact(T v) { return T(0.5) * v * (T(1) + std::erf(v * T(M_SQRT1_2))); }
+void gelu_skip_rows(int64_t Bsz, int64_t H, const T* y, const T* x, const T* D, T* v) {
+  for (int64_t b = 0; b < Bsz; ++b) {
+    const int64_t o = b * H;
+#pragma omp simd
+    for (int64_t h = 0; h < H; ++h) {
+      const T u = y[o + h] + D[h] * x[o + h];
+      v[o + h] = T(0.5) * u * (T(1) + std::erf(u * T(M_SQRT1_2)));
+    }
+  }
+}
 
 at::Tensor glu_output(const at::Tensor& y, const at::Tensor& x, const at::Tensor& Dskip,
                       const at::Tensor& out_w, const at::Tensor& out_b) {
   auto v = at::empty_like(y);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "glu_output", [&] {
-    const scalar_t* y_ = y.data_ptr<scalar_t>();
-    const scalar_t* x_ = x.data_ptr<scalar_t>();
-    const scalar_t* D_ = Dskip.data_ptr<scalar_t>();
-    scalar_t* v_ = v.data_ptr<scalar_t>();
-    const int64_t H = y.size(1), n = y.numel();
-    for (int64_t i = 0; i < n; ++i) v_[i] = gelu_exact(y_[i] + D_[i % H] * x_[i]);
+    gelu_skip_rows<scalar_t>(y.size(0), y.size(1), y.data_ptr<scalar_t>(),
+                             x.data_ptr<scalar_t>(), Dskip.data_ptr<scalar_t>(),
+                             v.data_ptr<scalar_t>());
   });
   auto o = linear(v, out_w, &out_b);  // (B, 2H): GLU(o) = o[:, :H] * sigmoid(o[:, H:])
   const int64_t H = y.size(1), Bsz = y.size(0);
@@ -520,10 +527,11 @@ at::Tensor glu_output(const at::Tensor& y, const at::Tensor& x, const at::Tensor
 // Recomputed every step (a few thousand exps, ~1-3 us): nothing is cached, so the fused step can
 // never see stale parameters. Outputs are interleaved (re, im).
 template <typename T>
-void zoh(int64_t rows, int64_t cols, const T* dt_row, const T* re_log, const T* im, T* Ab,
-         T* Bb) {
+void zoh(int64_t rows, int64_t cols, const T* dt_row, const T* re_log, const T* im, T* ab_re,
+         T* ab_im, T* bb_re, T* bb_im) {
   // sin and cos in separate loops: gcc would otherwise fuse them into a scalar sincos call,
-  // which has no vector variant; apart they vectorise through libmvec.
+  // which has no vector variant; apart they vectorise through libmvec. Outputs are split
+  // (real and imaginary parts in separate (rows, cols) arrays).
   std::vector<T> ar(cols), th(cols), mag(cols), sn(cols), cs(cols);
   for (int64_t r = 0; r < rows; ++r) {
     const T dt = dt_row[r];
@@ -539,25 +547,25 @@ void zoh(int64_t rows, int64_t cols, const T* dt_row, const T* re_log, const T* 
     for (int64_t c = 0; c < cols; ++c) sn[c] = std::sin(th[c]);
 #pragma omp simd
     for (int64_t c = 0; c < cols; ++c) cs[c] = std::cos(th[c]);
-    T* ab = Ab + 2 * r * cols;
-    T* bb = Bb + 2 * r * cols;
+    const int64_t o = r * cols;
 #pragma omp simd
     for (int64_t c = 0; c < cols; ++c) {
       const T ai = ii[c], er = mag[c] * cs[c], ei = mag[c] * sn[c];
-      ab[2 * c] = er;
-      ab[2 * c + 1] = ei;
+      ab_re[o + c] = er;
+      ab_im[o + c] = ei;
       // (e - 1) / a = (e - 1) conj(a) / |a|^2
       const T nr = er - T(1), den = ar[c] * ar[c] + ai * ai;
-      bb[2 * c] = (nr * ar[c] + ei * ai) / den;
-      bb[2 * c + 1] = (ei * ar[c] - nr * ai) / den;
+      bb_re[o + c] = (nr * ar[c] + ei * ai) / den;
+      bb_im[o + c] = (ei * ar[c] - nr * ai) / den;
     }
   }
 }
 
-// S4D: per channel h, h_n <- Abar_n h_n + Bbar_n x_h;  y_h = 2 Re(sum_n C_n h_n).
+// S4D: per channel h, h_n <- Abar_n h_n + Bbar_n x_h;  y_h = 2 Re(sum_n C_n h_n). The state
+// and the coefficients ab, bb are interleaved (re, im).
 template <typename T>
-void s4d_recurrence(int64_t Bsz, int64_t H, int64_t M, const T* x, const T* h, const T* Ab,
-                    const T* Bb, const T* Cr, const T* Ci, T* hn, T* y) {
+void s4d_recurrence(int64_t Bsz, int64_t H, int64_t M, const T* x, const T* h, const T* ab,
+                    const T* bb, const T* Cr, const T* Ci, T* hn, T* y) {
   at::parallel_for(0, Bsz * H, std::max<int64_t>(1, kStepGrainWork / M), [&](int64_t begin,
                                                                             int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
@@ -565,8 +573,8 @@ void s4d_recurrence(int64_t Bsz, int64_t H, int64_t M, const T* x, const T* h, c
       const T xv = x[bh];
       const T* hp = h + 2 * bh * M;
       T* hq = hn + 2 * bh * M;
-      const T* a = Ab + 2 * c * M;
-      const T* b = Bb + 2 * c * M;
+      const T* a = ab + 2 * c * M;
+      const T* b = bb + 2 * c * M;
       const T* cr = Cr + c * M;
       const T* ci = Ci + c * M;
       T acc = 0;
@@ -583,6 +591,15 @@ void s4d_recurrence(int64_t Bsz, int64_t H, int64_t M, const T* x, const T* h, c
   });
 }
 
+template <typename T>
+void interleave(int64_t n, const T* re, const T* im, T* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    out[2 * i] = re[i];
+    out[2 * i + 1] = im[i];
+  }
+}
+
 // h is a real view (view_as_real) of the complex state (B, H, M, 2).
 std::vector<at::Tensor> s4d_step(const at::Tensor& x, const at::Tensor& h,
                                  const at::Tensor& log_dt, const at::Tensor& A_re_log,
@@ -592,16 +609,19 @@ std::vector<at::Tensor> s4d_step(const at::Tensor& x, const at::Tensor& h,
   const int64_t Bsz = x.size(0), H = x.size(1), M = h.size(2);
   auto hn = at::empty_like(h);
   auto y = at::empty_like(x);
-  auto Ab = at::empty({H, M, 2}, x.options());
-  auto Bb = at::empty({H, M, 2}, x.options());
+  auto coef = at::empty({4, H, M}, x.options());  // Abar re/im, Bbar re/im
   auto dt = at::exp(log_dt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s4d_step", [&] {
     using T = scalar_t;
-    zoh<T>(H, M, dt.data_ptr<T>(), A_re_log.data_ptr<T>(), A_im.data_ptr<T>(), Ab.data_ptr<T>(),
-           Bb.data_ptr<T>());
-    s4d_recurrence<T>(Bsz, H, M, x.data_ptr<T>(), h.data_ptr<T>(), Ab.data_ptr<T>(),
-                      Bb.data_ptr<T>(), C_re.data_ptr<T>(), C_im.data_ptr<T>(),
-                      hn.data_ptr<T>(), y.data_ptr<T>());
+    T* k = coef.data_ptr<T>();
+    const int64_t n = H * M;
+    zoh<T>(H, M, dt.data_ptr<T>(), A_re_log.data_ptr<T>(), A_im.data_ptr<T>(), k, k + n,
+           k + 2 * n, k + 3 * n);
+    std::vector<T> ab(2 * n), bb(2 * n);
+    interleave<T>(n, k, k + n, ab.data());
+    interleave<T>(n, k + 2 * n, k + 3 * n, bb.data());
+    s4d_recurrence<T>(Bsz, H, M, x.data_ptr<T>(), h.data_ptr<T>(), ab.data(), bb.data(),
+                      C_re.data_ptr<T>(), C_im.data_ptr<T>(), hn.data_ptr<T>(), y.data_ptr<T>());
   });
   return {glu_output(y, x, Dskip, out_w, out_b), hn};
 }
@@ -616,24 +636,24 @@ std::vector<at::Tensor> s5_step(const at::Tensor& x, const at::Tensor& h,
                                 const at::Tensor& log_dt, const at::Tensor& Dskip,
                                 const at::Tensor& out_w, const at::Tensor& out_b) {
   const int64_t Bsz = x.size(0), P = lam_im.size(0), H = x.size(1);
-  auto Ab = at::empty({P, 2}, x.options());
-  auto scale = at::empty({P, 2}, x.options());
+  auto coef = at::empty({4, P}, x.options());  // Abar re/im, (Abar - 1)/Lambda re/im
   auto B_int = at::empty({2 * P, H}, x.options());
   auto C_int = at::empty({H, 2 * P}, x.options());
   auto dt = at::exp(log_dt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s5_discretize", [&] {
     using T = scalar_t;
     // One row per mode (each mode has its own step size).
-    zoh<T>(P, 1, dt.data_ptr<T>(), lam_re_log.data_ptr<T>(), lam_im.data_ptr<T>(),
-           Ab.data_ptr<T>(), scale.data_ptr<T>());
-    const T *sc = scale.data_ptr<T>(), *br = B_re.data_ptr<T>(), *bi = B_im.data_ptr<T>();
+    T* k = coef.data_ptr<T>();
+    zoh<T>(P, 1, dt.data_ptr<T>(), lam_re_log.data_ptr<T>(), lam_im.data_ptr<T>(), k, k + P,
+           k + 2 * P, k + 3 * P);
+    const T *sr = k + 2 * P, *si = k + 3 * P, *br = B_re.data_ptr<T>(), *bi = B_im.data_ptr<T>();
     const T *cr = C_re.data_ptr<T>(), *ci = C_im.data_ptr<T>();
     T *bo = B_int.data_ptr<T>(), *co = C_int.data_ptr<T>();
     for (int64_t p = 0; p < P; ++p) {
-      for (int64_t k = 0; k < H; ++k) {  // Bbar[p, k] = scale_p * B[p, k]
-        const T r = br[p * H + k], i = bi[p * H + k];
-        bo[(2 * p) * H + k] = sc[2 * p] * r - sc[2 * p + 1] * i;
-        bo[(2 * p + 1) * H + k] = sc[2 * p] * i + sc[2 * p + 1] * r;
+      for (int64_t j = 0; j < H; ++j) {  // Bbar[p, j] = scale_p * B[p, j]
+        const T r = br[p * H + j], i = bi[p * H + j];
+        bo[(2 * p) * H + j] = sr[p] * r - si[p] * i;
+        bo[(2 * p + 1) * H + j] = sr[p] * i + si[p] * r;
       }
     }
     for (int64_t k = 0; k < H; ++k) {
@@ -647,15 +667,16 @@ std::vector<at::Tensor> s5_step(const at::Tensor& x, const at::Tensor& h,
   auto hn = at::empty({Bsz, 2 * P}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "s5_step", [&] {
     using T = scalar_t;
-    const T* a = Ab.data_ptr<T>();
+    const T* are = coef.data_ptr<T>();
+    const T* aim = are + P;
     const T* hp = h.data_ptr<T>();
     const T* u = bu.data_ptr<T>();
     T* hq = hn.data_ptr<T>();
     for (int64_t b = 0; b < Bsz; ++b) {
       for (int64_t p = 0; p < P; ++p) {
         const int64_t i = 2 * (b * P + p);
-        hq[i] = a[2 * p] * hp[i] - a[2 * p + 1] * hp[i + 1] + u[i];
-        hq[i + 1] = a[2 * p] * hp[i + 1] + a[2 * p + 1] * hp[i] + u[i + 1];
+        hq[i] = are[p] * hp[i] - aim[p] * hp[i + 1] + u[i];
+        hq[i + 1] = are[p] * hp[i + 1] + aim[p] * hp[i] + u[i + 1];
       }
     }
   });
