@@ -83,34 +83,50 @@ class S4D(_DiagonalLTI):
 
     @staticmethod
     def _powers(dtA: Tensor, count: int) -> Tensor:
-        """``Λ̄^l`` for ``l = 0 .. count-1`` as ``(H, N/2, count)``.
+        """``Λ̄^l`` for ``l = 0 .. count-1`` as ``(H, count, N/2)``, by ``exp(l ΔΛ)``."""
+        ell = torch.arange(count, device=dtA.device, dtype=dtA.real.dtype)
+        return torch.exp(ell[:, None] * dtA[:, None, :])
 
-        Computed as ``Λ̄^(c·i) Λ̄^j`` from two small tables of ``exp(l ΔΛ)`` (c ≈ √count), which
-        replaces ``count`` complex exponentials per mode by ~2√count and one product each."""
+    @staticmethod
+    def _vandermonde(dtA: Tensor, count: int) -> tuple[Tensor, Tensor]:
+        """``Λ̄^l = Λ̄^(c·i) · Λ̄^j`` for ``l = c·i + j < count``, as two factors: ``coarse``
+        ``(H, rows, N/2)`` and ``fine (H, c, N/2)``, c ≈ √count. Sums against ``Λ̄^l`` become two
+        small matmuls, and no ``(H, L, N/2)`` tensor is built (forward or backward)."""
         c = max(1, math.isqrt(count))
-        while count % c:  # an exact factorisation avoids slicing (and its backward) below
-            c -= 1
-        if c < math.isqrt(count) // 4:
-            c = max(1, math.isqrt(count))
         rows = -(-count // c)
         ar = torch.arange(max(c, rows), device=dtA.device, dtype=dtA.real.dtype)
-        fine = torch.exp(dtA[..., None] * ar[:c])  # Λ̄^j, j < c
-        coarse = torch.exp(dtA[..., None] * (c * ar[:rows]))  # Λ̄^(c i)
-        V = (coarse[..., :, None] * fine[..., None, :]).flatten(-2)
-        return V if V.shape[-1] == count else V[..., :count]
+        fine = torch.exp(ar[:c, None] * dtA[:, None, :])  # (H c N)
+        coarse = torch.exp((c * ar[:rows, None]) * dtA[:, None, :])  # (H rows N)
+        return coarse, fine
 
-    def _final_state(self, x, V, A_bar, B_bar, h0, seg):
-        """``h_{L-1} = Σ_{s in the last episode} Λ̄^{L-1-s} B̄ u_s (+ Λ̄^L h0 if no reset)``, with
-        ``V = Λ̄^0 .. Λ̄^{L-1}`` as ``(H, N/2, L)``."""
+    @staticmethod
+    def _power_sum(weights: Tensor, coarse: Tensor, fine: Tensor, count: int) -> Tensor:
+        """``Σ_n w[..., h, n] Λ̄_hn^l`` for ``l < count``; ``weights (..., H, N)`` complex, returns
+        ``(..., H, count)`` complex."""
+        rows, c = coarse.shape[1], fine.shape[1]
+        lead = weights.shape[:-2]
+        w = weights.reshape(-1, *weights.shape[-2:]).transpose(0, 1)  # (H, P, N)
+        left = (w[:, :, None, :] * coarse[:, None]).flatten(1, 2)  # (H, P·rows, N)
+        out = torch.matmul(left, fine.transpose(1, 2))  # (H, P·rows, c)
+        out = out.reshape(out.shape[0], -1, rows * c)[..., :count]  # (H, P, count)
+        return out.transpose(0, 1).reshape(*lead, out.shape[0], count)
+
+    def _final_state(self, x, dtA, A_bar, B_bar, h0, seg):
+        """``h_{L-1} = Σ_{s in the last episode} Λ̄^{L-1-s} B̄ u_s (+ Λ̄^L h0 if no reset)``."""
+        batch, length, h = x.shape
         u = x if seg is None else x * (seg == seg[:, -1:]).to(x.dtype)[..., None]
-        # Real u (time-reversed) against complex powers, as one real batched matmul over channels
-        # h; bmm is only fast on batch-contiguous operands, hence the copies.
-        Vr = torch.view_as_real(V.transpose(1, 2)).flatten(-2).contiguous()  # (H L 2N)
-        s = torch.bmm(u.flip(1).permute(2, 0, 1).contiguous(), Vr)  # (H B 2N)
-        h_last = torch.view_as_complex(s.unflatten(-1, (-1, 2)).contiguous()).transpose(0, 1)
-        h_last = h_last * B_bar  # (B H N)
+        coarse, fine = self._vandermonde(dtA, length)
+        rows, c = coarse.shape[1], fine.shape[1]
+        # u_rev[l] pairs with Λ̄^l; l = c·i + j. Real u against complex fine powers is one real
+        # batched matmul over channels h (bmm wants batch-contiguous operands: one copy of u).
+        u_rev = F.pad(u.flip(1), (0, 0, 0, rows * c - length))  # (B rows·c H)
+        u_rev = u_rev.permute(2, 0, 1).reshape(h, batch * rows, c).contiguous()
+        fr = torch.view_as_real(fine).flatten(-2)  # (H c 2N)
+        part = torch.view_as_complex(torch.bmm(u_rev, fr).unflatten(-1, (-1, 2)))  # (H B·rows N)
+        part = part.reshape(h, batch, rows, -1) * coarse[:, None]  # (H B rows N)
+        h_last = part.sum(2).transpose(0, 1) * B_bar  # (B H N)
         if h0 is not None:
-            carry = V[..., -1] * A_bar * h0
+            carry = torch.exp(length * dtA) * h0
             if seg is not None:
                 carry = carry * (seg[:, -1] == 0).to(x.dtype)[:, None, None]
             h_last = h_last + carry
@@ -122,16 +138,17 @@ class S4D(_DiagonalLTI):
             return self._forward_resets(x, h0, resets)
         length = x.shape[1]
         dtA, A_bar, B_bar, C = self.discretize()
-        V = self._powers(dtA, length)  # (H N L): Λ̄^0 .. Λ̄^{L-1}
-        K = 2 * torch.einsum("hn,hnl->hl", C * B_bar, V).real  # (H L)
+        coarse, fine = self._vandermonde(dtA, length)
+        K = 2 * self._power_sum(C * B_bar, coarse, fine, length).real  # (H L)
         u = x.transpose(1, 2)  # (B H L)
         n_fft = 2 * length
         y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * torch.fft.rfft(K, n=n_fft), n=n_fft)
         y = y[..., :length]  # (B H L)
-        if h0 is not None:  # the initial state's echo: 2 Re(C Λ̄^{t+1} h0)
-            y = y + 2 * torch.einsum("bhn,hnl->bhl", h0, (C * A_bar)[..., None] * V).real
-        h_last = self._final_state(x, V, A_bar, B_bar, h0, None)
-        return self._output(y.transpose(1, 2), x), (h_last,)
+        if h0 is not None:  # the initial state's echo: 2 Re(Σ_n C Λ̄^{t+1} h0)
+            y = y + 2 * self._power_sum(C * A_bar * h0, coarse, fine, length).real
+        h_last = self._final_state(x, dtA, A_bar, B_bar, h0, None)
+        # (B H L) -> (B L H) once, contiguous: elementwise backward on transposed views is slow.
+        return self._output(y.transpose(1, 2).contiguous(), x), (h_last,)
 
     def _forward_resets(self, x: Tensor, h0: Tensor | None, resets: Tensor):
         """Chunked scan. Time is cut into chunks of T steps. Inside a chunk the output is a
@@ -143,8 +160,8 @@ class S4D(_DiagonalLTI):
         n_chunks = -(-length // T)
         pad = n_chunks * T - length
         dtA, A_bar, B_bar, C = self.discretize()
-        V = self._powers(dtA, max(T + 1, length))  # (H N ·)
-        K = 2 * torch.einsum("hn,hnl->hl", C * B_bar, V[..., :T]).real  # (H T)
+        V = self._powers(dtA, T + 1)  # (H T+1 N)
+        K = 2 * torch.einsum("hn,hln->hl", C * B_bar, V[:, :T]).real  # (H T)
         seg = torch.cumsum(resets.to(torch.int64), dim=1)  # (B L): episode index of each step
         seg_c = F.pad(seg, (0, pad), value=-1).reshape(batch, n_chunks, T)  # padding: no episode
         u = F.pad(x, (0, 0, 0, pad)).reshape(batch, n_chunks, T, h)  # (B C T H)
@@ -158,15 +175,15 @@ class S4D(_DiagonalLTI):
         passes = (seg_c == seg_before[..., None]).to(x.dtype)  # (B C T)
         end_same = (seg_c == seg_c[..., -1:]).to(x.dtype)  # (B C T)
         u_end = (u * end_same[..., None]).to(V.dtype)
-        local_end = torch.einsum("bcsh,hns->bchn", u_end, V[..., :T].flip(-1)) * B_bar
-        decay = passes[..., -1, None, None] * V[..., T]  # (B C H N)
+        local_end = torch.einsum("bcsh,hsn->bchn", u_end, V[:, :T].flip(1)) * B_bar
+        decay = passes[..., -1, None, None] * V[:, T]  # (B C H N)
         if h0 is None:
             h0 = local_end.new_zeros(batch, h, self.d_state // 2)
         ends = diagonal_linear_scan(decay, local_end, h0, dim=1)  # (B C H N): state at chunk end
         entering = torch.cat([h0[:, None], ends[:, :-1]], dim=1)  # (B C H N)
-        echo = 2 * torch.einsum("bchn,hnt->bcth", entering, C[..., None] * V[..., 1 : T + 1]).real
+        echo = 2 * torch.einsum("bchn,htn->bcth", entering, C[:, None] * V[:, 1 : T + 1]).real
         y = (y + echo * passes[..., None]).reshape(batch, n_chunks * T, h)[:, :length]
-        h_last = self._final_state(x, V[..., :length], A_bar, B_bar, h0, seg)
+        h_last = self._final_state(x, dtA, A_bar, B_bar, h0, seg)
         return self._output(y, x), (h_last,)
 
     def _step(self, x: Tensor, state: State):
