@@ -152,8 +152,9 @@ def med(xs: list[float]) -> float:
 
 def _run(cmd: list[str]) -> str | None:
     try:
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30,
-                              check=True).stdout
+        return subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=30, check=True
+        ).stdout
     except Exception:
         return None
 
@@ -163,8 +164,11 @@ def git_info() -> dict[str, Any]:
     porcelain = _run(["git", "status", "--porcelain", "--untracked-files=all"])
     diff = _run(["git", "diff", "HEAD"])
     # the results folder is this script's own output: it does not make the tree dirty
-    changed = [ln[3:] for ln in (porcelain or "").splitlines()
-               if ln.strip() and not ln[3:].startswith("experiments/results/")]
+    changed = [
+        ln[3:]
+        for ln in (porcelain or "").splitlines()
+        if ln.strip() and not ln[3:].startswith("experiments/results/")
+    ]
     return {
         "commit": head.strip() if head else None,
         "dirty": bool(changed) if porcelain is not None else None,
@@ -205,8 +209,11 @@ def machine_info() -> dict[str, Any]:
         "torch_version": torch.__version__,
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                               "SSM_DISABLE_CPU_KERNELS") if k in os.environ},
+        "env": {
+            k: os.environ.get(k)
+            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SSM_DISABLE_CPU_KERNELS")
+            if k in os.environ
+        },
     }
     try:
         import ssm
@@ -310,15 +317,21 @@ class Screen:
     cell is marked noisy.
     """
 
-    def __init__(self, budget_s: float, max_pause_s: float = 5.0, max_drop_factor: int = 4,
-                 deadline: float = float("inf")):
+    def __init__(
+        self,
+        budget_s: float,
+        max_pause_s: float = 5.0,
+        max_drop_factor: int = 4,
+        deadline: float = float("inf"),
+    ):
         self.budget_s, self.max_pause_s = budget_s, max_pause_s
         self.deadline = deadline  # time.perf_counter() value; past it a cell keeps what it has
         self.max_drop_factor = max_drop_factor
         self.spent_s = 0.0
 
-    def take(self, sample, repeats: int,
-             max_drops: int | None = None) -> tuple[list[Any], dict[str, Any]]:
+    def take(
+        self, sample, repeats: int, max_drops: int | None = None
+    ) -> tuple[list[Any], dict[str, Any]]:
         if max_drops is None:
             max_drops = self.max_drop_factor * repeats
         kept: list[Any] = []
@@ -330,8 +343,12 @@ class Screen:
                 break
             with ForeignLoad() as fl:
                 out = sample(len(kept))
-            if (fl.noisy and self.spent_s < self.budget_s and dropped < max_drops
-                    and time.perf_counter() < self.deadline):
+            if (
+                fl.noisy
+                and self.spent_s < self.budget_s
+                and dropped < max_drops
+                and time.perf_counter() < self.deadline
+            ):
                 dropped += 1
                 # don't retake at once: under contention a pass can take 100x longer
                 wait_for_quiet(min(self.max_pause_s, self.budget_s - self.spent_s))
@@ -350,8 +367,16 @@ class Screen:
 
 
 # -- 1. training pass -----------------------------------------------------------------------------
-def bench_train(kind: str, L: int, warmup: int, repeats: int, seed: int, screen: Screen,
-                slow_budget_s: float = 0.0, max_repeats: int = 1) -> dict[str, Any]:
+def bench_train(
+    kind: str,
+    L: int,
+    warmup: int,
+    repeats: int,
+    seed: int,
+    screen: Screen,
+    slow_budget_s: float = 0.0,
+    max_repeats: int = 1,
+) -> dict[str, Any]:
     torch.manual_seed(seed)
     base = build("gru_baseline")
     m = build(kind)
@@ -381,9 +406,13 @@ def bench_train(kind: str, L: int, warmup: int, repeats: int, seed: int, screen:
         if n == 1:  # a single slow sample: bracket it with a second baseline sample
             first[0].append(train_pass(base, x))
             pairs = [first]
-            info = {"samples_kept": 1, "cut_short_by_deadline": False,
-                    "dropped_noisy_samples": 0,
-                    "kept_sample_foreign_load_max": fl.cores, "kept_noisy_samples": int(fl.noisy)}
+            info = {
+                "samples_kept": 1,
+                "cut_short_by_deadline": False,
+                "dropped_noisy_samples": 0,
+                "kept_sample_foreign_load_max": fl.cores,
+                "kept_noisy_samples": int(fl.noisy),
+            }
         else:
             rest, info = screen.take(lambda r: sample(r + 1), n - 1, max_drops=1)
             pairs = [first] + rest
@@ -397,8 +426,16 @@ def bench_train(kind: str, L: int, warmup: int, repeats: int, seed: int, screen:
     tk = [k for _, k in pairs]
     kb, kk = med(tb) * 1e3, med(tk) * 1e3
     return {
-        "kind": kind, "B": B_TRAIN, "L": L, "D": D_MODEL, "warmup": warmup, "repeats": repeats,
-        "ms": kk, "ms_min": min(tk) * 1e3, "gru_ms": kb, "gru_ms_min": min(tb) * 1e3,
+        "kind": kind,
+        "B": B_TRAIN,
+        "L": L,
+        "D": D_MODEL,
+        "warmup": warmup,
+        "repeats": repeats,
+        "ms": kk,
+        "ms_min": min(tk) * 1e3,
+        "gru_ms": kb,
+        "gru_ms_min": min(tb) * 1e3,
         "speedup_vs_gru": kb / kk,
         "samples_ms": [round(t * 1e3, 3) for t in tk],
         "gru_samples_ms": [round(t * 1e3, 3) for t in tb],
@@ -407,8 +444,9 @@ def bench_train(kind: str, L: int, warmup: int, repeats: int, seed: int, screen:
 
 
 # -- 2. step latency ------------------------------------------------------------------------------
-def bench_step(kind: str, batch: int, warmup_steps: int, block: int, blocks: int,
-               seed: int, screen: Screen) -> dict[str, Any]:
+def bench_step(
+    kind: str, batch: int, warmup_steps: int, block: int, blocks: int, seed: int, screen: Screen
+) -> dict[str, Any]:
     torch.manual_seed(seed)
     with torch.inference_mode():
         cell = nn.GRUCell(D_MODEL, D_MODEL)
@@ -454,9 +492,18 @@ def bench_step(kind: str, batch: int, warmup_steps: int, block: int, blocks: int
     uc, uk = med(tc) / 1e3, med(tk) / 1e3
     q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))] / 1e3  # noqa: E731
     return {
-        "kind": kind, "B": batch, "D": D_MODEL, "steps": len(tk), "warmup_steps": warmup_steps,
-        "us": uk, "us_p10": q(tk, 0.1), "us_p90": q(tk, 0.9), "us_mean": statistics.fmean(tk) / 1e3,
-        "grucell_us": uc, "grucell_us_p10": q(tc, 0.1), "grucell_us_p90": q(tc, 0.9),
+        "kind": kind,
+        "B": batch,
+        "D": D_MODEL,
+        "steps": len(tk),
+        "warmup_steps": warmup_steps,
+        "us": uk,
+        "us_p10": q(tk, 0.1),
+        "us_p90": q(tk, 0.9),
+        "us_mean": statistics.fmean(tk) / 1e3,
+        "grucell_us": uc,
+        "grucell_us_p10": q(tc, 0.1),
+        "grucell_us_p90": q(tc, 0.9),
         "ratio_vs_grucell": uk / uc,
         **info,
     }
@@ -500,28 +547,42 @@ def _mem_child(cfg_json: str) -> None:
     dt = train_pass(m, x)
     after = _proc_status()
     peak_kb = after["VmHWM"] if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print("MEMJSON " + json.dumps({
-        "rss_before_mib": before["VmRSS"] / 1024,
-        "peak_rss_mib": peak_kb / 1024,
-        "peak_delta_mib": (peak_kb - before["VmRSS"]) / 1024,
-        "rss_after_mib": after["VmRSS"] / 1024,
-        "hwm_reset": hwm_reset,
-        "pass_s": dt,
-        "num_threads": torch.get_num_threads(),
-    }), flush=True)
+    print(
+        "MEMJSON "
+        + json.dumps(
+            {
+                "rss_before_mib": before["VmRSS"] / 1024,
+                "peak_rss_mib": peak_kb / 1024,
+                "peak_delta_mib": (peak_kb - before["VmRSS"]) / 1024,
+                "rss_after_mib": after["VmRSS"] / 1024,
+                "hwm_reset": hwm_reset,
+                "pass_s": dt,
+                "num_threads": torch.get_num_threads(),
+            }
+        ),
+        flush=True,
+    )
 
 
-def bench_memory(kind: str, L: int, seed: int, threads: int | None,
-                 timeout: float) -> dict[str, Any]:
+def bench_memory(
+    kind: str, L: int, seed: int, threads: int | None, timeout: float
+) -> dict[str, Any]:
     cfg = {"kind": kind, "L": L, "B": B_TRAIN, "seed": seed, "threads": threads}
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import bench_ssm; "
-            "bench_ssm._mem_child(sys.argv[2])")
-    p = subprocess.run([sys.executable, "-c", code, str(HERE), json.dumps(cfg)], cwd=REPO,
-                       capture_output=True, text=True, timeout=timeout)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import bench_ssm; "
+        "bench_ssm._mem_child(sys.argv[2])"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(HERE), json.dumps(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("MEMJSON ")), None)
     if p.returncode != 0 or line is None:
         raise RuntimeError(f"memory child exited {p.returncode}: {p.stderr.strip()[-800:]}")
-    return {"kind": kind, "B": B_TRAIN, "L": L, "D": D_MODEL, **json.loads(line[len("MEMJSON "):])}
+    return {"kind": kind, "B": B_TRAIN, "L": L, "D": D_MODEL, **json.loads(line[len("MEMJSON ") :])}
 
 
 # -- targets --------------------------------------------------------------------------------------
@@ -546,17 +607,35 @@ def eval_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     for kind, thr in (("s4d", 3.0), ("s5", 1.0), ("mamba", 1.0)):
         r = find(res["train"], kind=kind, L=1024)
         v = r["speedup_vs_gru"] if r else None
-        out.append({"name": f"{kind} training speedup vs nn.GRU at L=1024 >= {thr:g}",
-                    "kind": kind, "metric": "train.speedup_vs_gru", "L": 1024, "op": ">=",
-                    "threshold": thr, "value": v, "pass": None if v is None else v >= thr})
+        out.append(
+            {
+                "name": f"{kind} training speedup vs nn.GRU at L=1024 >= {thr:g}",
+                "kind": kind,
+                "metric": "train.speedup_vs_gru",
+                "L": 1024,
+                "op": ">=",
+                "threshold": thr,
+                "value": v,
+                "pass": None if v is None else v >= thr,
+            }
+        )
         out[-1]["status"] = _status(res["train"], v, out[-1]["pass"], kind=kind, L=1024)
     for kind in ("s4d", "s5", "mamba"):
         for b in STEP_BATCHES:
             r = find(res["step"], kind=kind, B=b)
             v = r["ratio_vs_grucell"] if r else None
-            out.append({"name": f"{kind} step latency / nn.GRUCell at B={b} <= 1.5",
-                        "kind": kind, "metric": "step.ratio_vs_grucell", "B": b, "op": "<=",
-                        "threshold": 1.5, "value": v, "pass": None if v is None else v <= 1.5})
+            out.append(
+                {
+                    "name": f"{kind} step latency / nn.GRUCell at B={b} <= 1.5",
+                    "kind": kind,
+                    "metric": "step.ratio_vs_grucell",
+                    "B": b,
+                    "op": "<=",
+                    "threshold": 1.5,
+                    "value": v,
+                    "pass": None if v is None else v <= 1.5,
+                }
+            )
             out[-1]["status"] = _status(res["step"], v, out[-1]["pass"], kind=kind, B=b)
     return out
 
@@ -583,8 +662,10 @@ def star(r: dict) -> str:
 def to_markdown(res: dict[str, Any]) -> str:
     mi, gi, st = res["machine"], res["git"], res["settings"]
     L_all = sorted({r["L"] for r in res["train"]})
-    pooled_txt = ", ".join(f"L={L}: {v:.1f} ms" for L, v in
-                           res.get("train_gru_pooled_ms", {}).items()) or "n/a"
+    pooled_txt = (
+        ", ".join(f"L={L}: {v:.1f} ms" for L, v in res.get("train_gru_pooled_ms", {}).items())
+        or "n/a"
+    )
     S_mem = ", ".join(f"L={L}" for L in st.get("memory_torch_ref_lengths", [])) or "none"
     S_mem += f", and only where one timed pass took <= {st.get('memory_slow_max_s', 0):g} s"
     kinds = [k for k in ALL_KINDS if k in st["kinds"]]
@@ -594,9 +675,12 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"- command: `{res['command']}`",
         f"- when: {res['timestamp_utc']} ({res.get('wall_s', 0):.0f} s wall)"
         + ("" if res.get("complete") else " — INCOMPLETE"),
-        f"- commit: `{gi['commit']}`" + (f" (dirty, diff sha1 {gi['diff_sha1']}; changed: "
-                                         f"{', '.join(gi['changed_files'][:8])})"
-                                         if gi["dirty"] else " (clean)"),
+        f"- commit: `{gi['commit']}`"
+        + (
+            f" (dirty, diff sha1 {gi['diff_sha1']}; changed: {', '.join(gi['changed_files'][:8])})"
+            if gi["dirty"]
+            else " (clean)"
+        ),
         f"- machine: {mi['cpu_model']}, nproc={mi['nproc']}, torch {mi['torch_version']} "
         f"({mi['torch_num_threads']} threads), fused CPU kernel: "
         f"{'yes' if mi.get('ssm_cpu_ext') else 'NO'}",
@@ -625,30 +709,44 @@ def to_markdown(res: dict[str, Any]) -> str:
                 row += f" {'error' if 'error' in r else 'skipped'} | — | — |"
             else:
                 n_done = r.get("samples_kept", r.get("repeats"))
-                rep = (f" (n={n_done})" if k in SLOW_KINDS or r.get("cut_short_by_deadline")
-                       else "")
-                row += (f" {f(r['ms'])}{rep} | {f(r['gru_ms'])} | "
-                        f"**{ratio_fmt(r['speedup_vs_gru'])}**{star(r)} "
-                        f"({ratio_fmt(r.get('speedup_vs_gru_pooled'))}) |")
+                rep = f" (n={n_done})" if k in SLOW_KINDS or r.get("cut_short_by_deadline") else ""
+                row += (
+                    f" {f(r['ms'])}{rep} | {f(r['gru_ms'])} | "
+                    f"**{ratio_fmt(r['speedup_vs_gru'])}**{star(r)} "
+                    f"({ratio_fmt(r.get('speedup_vs_gru_pooled'))}) |"
+                )
         lines.append(row)
 
-    lines += ["", "### Mamba at L=1024 vs nn.GRU (speed as a multiple of GRU's)", "",
-              "| implementation | speedup vs GRU | source |", "|---|---:|---|"]
+    lines += [
+        "",
+        "### Mamba at L=1024 vs nn.GRU (speed as a multiple of GRU's)",
+        "",
+        "| implementation | speedup vs GRU | source |",
+        "|---|---:|---|",
+    ]
     for k in ("mamba", "mamba_torch"):
         r = find(res["train"], kind=k, L=1024)
         if k in kinds:
-            lines.append(f"| ssm {LABELS[k]} | {ratio_fmt(r['speedup_vs_gru'] if r else None)} "
-                         "| measured here |")
+            lines.append(
+                f"| ssm {LABELS[k]} | {ratio_fmt(r['speedup_vs_gru'] if r else None)} "
+                "| measured here |"
+            )
     for p in REFERENCE_POINTS:
         v = ("~" if p.get("approx") else "") + ratio_fmt(p["speedup_vs_gru"])
         lines.append(f"| {p['name']} | {v} | reference point (not measured here) |")
     lines += ["", f"_{REFERENCE_NOTE}_", ""]
 
-    lines += ["## Step latency (inference_mode), D=64", "",
-              "ratio = t(kind.step) / t(nn.GRUCell); µs = median per step.", ""]
+    lines += [
+        "## Step latency (inference_mode), D=64",
+        "",
+        "ratio = t(kind.step) / t(nn.GRUCell); µs = median per step.",
+        "",
+    ]
     bs = sorted({r["B"] for r in res["step"]}) or list(STEP_BATCHES)
-    lines += ["| kind |" + "".join(f" B={b} µs | GRUCell µs | ratio |" for b in bs),
-              "|---|" + "---:|---:|---:|" * len(bs)]
+    lines += [
+        "| kind |" + "".join(f" B={b} µs | GRUCell µs | ratio |" for b in bs),
+        "|---|" + "---:|---:|---:|" * len(bs),
+    ]
     for k in kinds:
         if not any(r["kind"] == k for r in res["step"]):
             continue
@@ -658,21 +756,30 @@ def to_markdown(res: dict[str, Any]) -> str:
             if r is None or "error" in r or "skipped" in r:
                 row += f" {cell_state(r)} | — | — |"
             else:
-                row += (f" {f(r['us'])} | {f(r['grucell_us'])} | "
-                        f"**{r['ratio_vs_grucell']:.2f}**{star(r)} |")
+                row += (
+                    f" {f(r['us'])} | {f(r['grucell_us'])} | "
+                    f"**{r['ratio_vs_grucell']:.2f}**{star(r)} |"
+                )
         lines.append(row)
 
-    lines += ["", f"## Peak memory of one training pass, B={B_TRAIN}, D={D_MODEL}", "",
-              "peak RSS increase during the pass (MiB), fresh subprocess per cell; "
-              "see JSON memory.method. The torch-reference Mamba is measured only at the "
-              f"lengths in settings.memory_torch_ref_lengths ({S_mem}).", ""]
+    lines += [
+        "",
+        f"## Peak memory of one training pass, B={B_TRAIN}, D={D_MODEL}",
+        "",
+        "peak RSS increase during the pass (MiB), fresh subprocess per cell; "
+        "see JSON memory.method. The torch-reference Mamba is measured only at the "
+        f"lengths in settings.memory_torch_ref_lengths ({S_mem}).",
+        "",
+    ]
     mem = res["memory"]["rows"]
     Lm = sorted({r["L"] for r in mem})
     if not mem:
         lines.append("(not measured: --skip-memory)")
     if mem:
-        lines += ["| kind |" + "".join(f" L={L} MiB | vs GRU |" for L in Lm),
-                  "|---|" + "---:|---:|" * len(Lm)]
+        lines += [
+            "| kind |" + "".join(f" L={L} MiB | vs GRU |" for L in Lm),
+            "|---|" + "---:|---:|" * len(Lm),
+        ]
     for k in ("gru_baseline",) + tuple(kinds):
         if not any(r["kind"] == k for r in mem):
             continue
@@ -683,8 +790,11 @@ def to_markdown(res: dict[str, Any]) -> str:
             if r is None or "error" in r or "skipped" in r:
                 row += f" {cell_state(r)} | — |"
             else:
-                rel = (f"{r['peak_delta_mib'] / g['peak_delta_mib']:.2f}x"
-                       if g and g["peak_delta_mib"] > 0 else "—")
+                rel = (
+                    f"{r['peak_delta_mib'] / g['peak_delta_mib']:.2f}x"
+                    if g and g["peak_delta_mib"] > 0
+                    else "—"
+                )
                 row += f" {f(r['peak_delta_mib'])}{star(r)} | {rel} |"
         lines.append(row)
 
@@ -701,68 +811,134 @@ def to_markdown(res: dict[str, Any]) -> str:
 # -- main -----------------------------------------------------------------------------------------
 def settings_for(args: argparse.Namespace, kinds: list[str]) -> dict[str, Any]:
     if args.quick:
-        s = {"train_lengths": [256, 1024], "train_warmup": 1, "train_repeats": 3,
-             "torch_ref_lengths": [256], "torch_ref_warmup": {"256": 0},
-             "torch_ref_repeats": {"256": 1}, "torch_ref_cell_budget_s": 3.0,
-             "step_warmup": 50, "step_block": 100, "step_blocks": 4,
-             "memory_lengths": [1024], "memory_torch_ref_lengths": [],
-             "memory_slow_max_s": 10.0}
+        s = {
+            "train_lengths": [256, 1024],
+            "train_warmup": 1,
+            "train_repeats": 3,
+            "torch_ref_lengths": [256],
+            "torch_ref_warmup": {"256": 0},
+            "torch_ref_repeats": {"256": 1},
+            "torch_ref_cell_budget_s": 3.0,
+            "step_warmup": 50,
+            "step_block": 100,
+            "step_blocks": 4,
+            "memory_lengths": [1024],
+            "memory_torch_ref_lengths": [],
+            "memory_slow_max_s": 10.0,
+        }
     else:
-        s = {"train_lengths": [256, 1024], "train_warmup": 2, "train_repeats": 15,
-             # the reference loop's backward grows super-linearly with L (minutes at L=1024):
-             # L=256 gets 1 warm-up + 3 repeats; L=1024 one timed pass, no warm-up (same code
-             # paths were warmed at L=256), bracketed by two GRU samples.
-             "torch_ref_lengths": [256, 1024], "torch_ref_warmup": {"256": 1, "1024": 0},
-             "torch_ref_repeats": {"256": 3, "1024": 1},
-             # ...but more if they fit in this many seconds per cell (up to train_repeats)
-             "torch_ref_cell_budget_s": 20.0,
-             "step_warmup": 200, "step_block": 500, "step_blocks": 8,
-             "memory_lengths": [256, 1024], "memory_torch_ref_lengths": [256, 1024],
-             # the reference's memory cell is skipped where its timed pass took longer than this
-             "memory_slow_max_s": 30.0}
+        s = {
+            "train_lengths": [256, 1024],
+            "train_warmup": 2,
+            "train_repeats": 15,
+            # the reference loop's backward grows super-linearly with L (minutes at L=1024):
+            # L=256 gets 1 warm-up + 3 repeats; L=1024 one timed pass, no warm-up (same code
+            # paths were warmed at L=256), bracketed by two GRU samples.
+            "torch_ref_lengths": [256, 1024],
+            "torch_ref_warmup": {"256": 1, "1024": 0},
+            "torch_ref_repeats": {"256": 3, "1024": 1},
+            # ...but more if they fit in this many seconds per cell (up to train_repeats)
+            "torch_ref_cell_budget_s": 20.0,
+            "step_warmup": 200,
+            "step_block": 500,
+            "step_blocks": 8,
+            "memory_lengths": [256, 1024],
+            "memory_torch_ref_lengths": [256, 1024],
+            # the reference's memory cell is skipped where its timed pass took longer than this
+            "memory_slow_max_s": 30.0,
+        }
     if args.repeats is not None:
         s["train_repeats"] = args.repeats
-    s.update({"kinds": kinds, "B_train": B_TRAIN, "d_model": D_MODEL,
-              "step_batches": list(STEP_BATCHES),
-              "mamba": {"d_state": 16, "expand": 2}, "seed": args.seed, "quick": args.quick,
-              "dtype": "float32", "device": "cpu", "threads": torch.get_num_threads(),
-              "threads_requested": args.threads, "noisy_threshold_cores": NOISY_CORES,
-              "retry_budget_s": args.retry_budget, "wait_idle_s": args.wait_idle,
-              "wait_idle_total_s": args.wait_idle_total, "deadline_s": args.deadline or None})
+    s.update(
+        {
+            "kinds": kinds,
+            "B_train": B_TRAIN,
+            "d_model": D_MODEL,
+            "step_batches": list(STEP_BATCHES),
+            "mamba": {"d_state": 16, "expand": 2},
+            "seed": args.seed,
+            "quick": args.quick,
+            "dtype": "float32",
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "threads_requested": args.threads,
+            "noisy_threshold_cores": NOISY_CORES,
+            "retry_budget_s": args.retry_budget,
+            "wait_idle_s": args.wait_idle,
+            "wait_idle_total_s": args.wait_idle_total,
+            "deadline_s": args.deadline or None,
+        }
+    )
     return s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="few repeats, for smoke tests (< 1 min)")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="timed repeats per training-pass cell (default 15; 3 with --quick); "
-                         "the torch-reference Mamba takes as many (up to this) as fit in "
-                         "settings.torch_ref_cell_budget_s")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                    help=f"JSON path (default {DEFAULT_OUT.relative_to(REPO)}); markdown goes "
-                         "next to it with suffix .md")
-    ap.add_argument("--kinds", default=",".join(ALL_KINDS),
-                    help=f"comma-separated subset of {','.join(ALL_KINDS)}")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per training-pass cell (default 15; 3 with --quick); "
+        "the torch-reference Mamba takes as many (up to this) as fit in "
+        "settings.torch_ref_cell_budget_s",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"JSON path (default {DEFAULT_OUT.relative_to(REPO)}); markdown goes "
+        "next to it with suffix .md",
+    )
+    ap.add_argument(
+        "--kinds",
+        default=",".join(ALL_KINDS),
+        help=f"comma-separated subset of {','.join(ALL_KINDS)}",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-memory", action="store_true", help="skip the memory subprocesses")
-    ap.add_argument("--wait-idle", type=float, default=None, metavar="S",
-                    help="before each cell, wait up to S seconds for other processes to go quiet "
-                         "(< 0.25 cores); default 15, 0 with --quick")
-    ap.add_argument("--retry-budget", type=float, default=None, metavar="S",
-                    help="seconds the run may spend retaking timing samples during which other "
-                         "processes used > 0.25 cores (default 120, 20 with --quick)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch.set_num_threads (default: torch's default, all cores)")
-    ap.add_argument("--deadline", type=float, default=None, metavar="S",
-                    help="soft limit on the run's wall time after setup (default 450, 90 with "
-                         "--quick; 0: none): past it, cells keep the samples they have and "
-                         "cells not yet started are skipped (recorded as skipped). Under CPU "
-                         "contention from "
-                         "other processes a 2-thread GRU pass can be 100x slower than when quiet")
-    ap.add_argument("--wait-idle-total", type=float, default=90.0, metavar="S",
-                    help="cap on the total time spent waiting (default 90)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=None,
+        metavar="S",
+        help="before each cell, wait up to S seconds for other processes to go quiet "
+        "(< 0.25 cores); default 15, 0 with --quick",
+    )
+    ap.add_argument(
+        "--retry-budget",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds the run may spend retaking timing samples during which other "
+        "processes used > 0.25 cores (default 120, 20 with --quick)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: torch's default, all cores)",
+    )
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="S",
+        help="soft limit on the run's wall time after setup (default 450, 90 with "
+        "--quick; 0: none): past it, cells keep the samples they have and "
+        "cells not yet started are skipped (recorded as skipped). Under CPU "
+        "contention from "
+        "other processes a 2-thread GRU pass can be 100x slower than when quiet",
+    )
+    ap.add_argument(
+        "--wait-idle-total",
+        type=float,
+        default=90.0,
+        metavar="S",
+        help="cap on the total time spent waiting (default 90)",
+    )
     args = ap.parse_args(argv)
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -801,11 +977,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "settings": S,
         "methods": {"train": TRAIN_METHOD, "step": STEP_METHOD},
-        "train": [], "step": [],
+        "train": [],
+        "step": [],
         "memory": {"method": MEMORY_METHOD, "rows": []},
-        "reference_points": {"note": REFERENCE_NOTE, "config": {"B": 16, "d_model": 64,
-                             "d_state": 16, "expand": 2, "L": 1024}, "points": REFERENCE_POINTS},
-        "targets": [], "errors": [], "warnings": [],
+        "reference_points": {
+            "note": REFERENCE_NOTE,
+            "config": {"B": 16, "d_model": 64, "d_state": 16, "expand": 2, "L": 1024},
+            "points": REFERENCE_POINTS,
+        },
+        "targets": [],
+        "errors": [],
+        "warnings": [],
     }
     if res["git"]["ssm_changed_files"]:
         log(f"note: ssm/ has uncommitted changes: {res['git']['ssm_changed_files']}")
@@ -821,9 +1003,16 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(out, json.dumps(res, indent=1, sort_keys=False) + "\n")
 
     waited = [0.0]
-    mem_cells = [] if args.skip_memory else [
-        (k, L) for L in S["memory_lengths"] for k in ("gru_baseline",) + tuple(kinds)
-        if not (k == "mamba_torch" and L not in S["memory_torch_ref_lengths"])]
+    mem_cells = (
+        []
+        if args.skip_memory
+        else [
+            (k, L)
+            for L in S["memory_lengths"]
+            for k in ("gru_baseline",) + tuple(kinds)
+            if not (k == "mamba_torch" and L not in S["memory_torch_ref_lengths"])
+        ]
+    )
     # the deadline clock starts after setup (the fused kernel may have been compiled just now)
     res["setup_s"] = round(time.perf_counter() - t_start, 2)
     hard_deadline = time.perf_counter() + args.deadline if args.deadline else float("inf")
@@ -837,8 +1026,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{label}: skipped ({why})")
         save()
 
-    def attempt(section: list, fn, *a, label: str, quiet: bool = True,
-                deadline: float | None = None, **meta) -> None:
+    def attempt(
+        section: list, fn, *a, label: str, quiet: bool = True, deadline: float | None = None, **meta
+    ) -> None:
         if time.perf_counter() > (screen.deadline if deadline is None else deadline):
             return skip(section, label, f"past the --deadline of {args.deadline:g} s", **meta)
         wait = 0.0
@@ -858,10 +1048,20 @@ def main(argv: list[str] | None = None) -> int:
             r["waited_for_quiet_s"] = round(wait, 2)
             # timing cells: noisy if a kept sample was; RSS does not depend on load
             r["noisy"] = r.get("kept_noisy_samples", 0) > 0
-            extra = {k: r[k] for k in ("speedup_vs_gru", "ratio_vs_grucell", "peak_delta_mib",
-                                       "foreign_load_cores") if r.get(k) is not None}
-            log(f"{label}: {', '.join(f'{k}={v:.3g}' for k, v in extra.items())} "
-                f"({time.perf_counter() - t0:.1f}s{f', waited {wait:.0f}s' if wait >= 1 else ''})")
+            extra = {
+                k: r[k]
+                for k in (
+                    "speedup_vs_gru",
+                    "ratio_vs_grucell",
+                    "peak_delta_mib",
+                    "foreign_load_cores",
+                )
+                if r.get(k) is not None
+            }
+            log(
+                f"{label}: {', '.join(f'{k}={v:.3g}' for k, v in extra.items())} "
+                f"({time.perf_counter() - t0:.1f}s{f', waited {wait:.0f}s' if wait >= 1 else ''})"
+            )
         section.append(r)
         save()
 
@@ -878,22 +1078,44 @@ def main(argv: list[str] | None = None) -> int:
                     est = (w + n) * prev[-1]["ms"] / 1e3 * (L / prev[-1]["L"]) ** 2
                     left = screen.deadline - time.perf_counter()
                     if est > left:
-                        skip(res["train"], f"train {k} L={L}", f"estimated {est:.0f} s, "
-                             f"{max(left, 0):.0f} s left before the --deadline", kind=k, L=L)
+                        skip(
+                            res["train"],
+                            f"train {k} L={L}",
+                            f"estimated {est:.0f} s, "
+                            f"{max(left, 0):.0f} s left before the --deadline",
+                            kind=k,
+                            L=L,
+                        )
                         continue
             else:
                 w, n = S["train_warmup"], S["train_repeats"]
-            attempt(res["train"], bench_train, k, L, w, n, args.seed, screen,
-                    S["torch_ref_cell_budget_s"], max(n, S["train_repeats"]),
-                    label=f"train {k} L={L}", kind=k, L=L)
+            attempt(
+                res["train"],
+                bench_train,
+                k,
+                L,
+                w,
+                n,
+                args.seed,
+                screen,
+                S["torch_ref_cell_budget_s"],
+                max(n, S["train_repeats"]),
+                label=f"train {k} L={L}",
+                kind=k,
+                L=L,
+            )
             gc.collect()
 
     # the same nn.GRU config can settle at different speeds in different cells (seen: ~150 vs
     # ~180 ms at L=1024, stable within a cell), so also report speedups against the pooled median
     pooled: dict[str, float] = {}
     for L in S["train_lengths"]:
-        allb = [t for r in res["train"] if r.get("L") == L and "gru_samples_ms" in r
-                for t in r["gru_samples_ms"]]
+        allb = [
+            t
+            for r in res["train"]
+            if r.get("L") == L and "gru_samples_ms" in r
+            for t in r["gru_samples_ms"]
+        ]
         if allb:
             pooled[str(L)] = med(allb)
             for r in res["train"]:
@@ -907,43 +1129,88 @@ def main(argv: list[str] | None = None) -> int:
         for k in kinds:
             if k == "mamba_torch":
                 continue
-            attempt(res["step"], bench_step, k, b, S["step_warmup"], S["step_block"],
-                    S["step_blocks"], args.seed, screen, label=f"step {k} B={b}", kind=k, B=b)
+            attempt(
+                res["step"],
+                bench_step,
+                k,
+                b,
+                S["step_warmup"],
+                S["step_block"],
+                S["step_blocks"],
+                args.seed,
+                screen,
+                label=f"step {k} B={b}",
+                kind=k,
+                B=b,
+            )
 
     # 3. memory, fresh subprocess each
     for k, L in mem_cells:
         if k in SLOW_KINDS:
             t = find(res["train"], kind=k, L=L)
             if t is None or t["ms"] / 1e3 > S["memory_slow_max_s"]:
-                why = ("its training pass was not timed" if t is None else
-                       f"its training pass took {t['ms'] / 1e3:.0f} s "
-                       f"> memory_slow_max_s={S['memory_slow_max_s']:g}")
+                why = (
+                    "its training pass was not timed"
+                    if t is None
+                    else f"its training pass took {t['ms'] / 1e3:.0f} s "
+                    f"> memory_slow_max_s={S['memory_slow_max_s']:g}"
+                )
                 skip(res["memory"]["rows"], f"memory {k} L={L}", why, kind=k, L=L)
                 continue
-        attempt(res["memory"]["rows"], bench_memory, k, L, args.seed, args.threads, 900.0,
-                label=f"memory {k} L={L}", quiet=False, deadline=hard_deadline, kind=k, L=L)
+        attempt(
+            res["memory"]["rows"],
+            bench_memory,
+            k,
+            L,
+            args.seed,
+            args.threads,
+            900.0,
+            label=f"memory {k} L={L}",
+            quiet=False,
+            deadline=hard_deadline,
+            kind=k,
+            L=L,
+        )
 
     res["retry_spent_s"] = round(screen.spent_s, 1)
     res["waited_for_quiet_s"] = round(waited[0], 1)
     res["complete"] = True
     res["git_end"] = git_info()  # ssm/ may have changed during the run
-    if res["git_end"]["diff_sha1"] != res["git"]["diff_sha1"] or \
-            res["git_end"]["commit"] != res["git"]["commit"]:
-        res["warnings"].append("the working tree changed during the run (see git vs git_end); "
-                               "timed modules were imported at start, memory subprocesses "
-                               "import afresh")
-    noisy = [f"{sec} {r['kind']} " + (f"L={r['L']}" if "L" in r else f"B={r['B']}")
-             for sec, rows in (("train", res["train"]), ("step", res["step"]),
-                               ("memory", res["memory"]["rows"])) for r in rows if r.get("noisy")]
-    short = [f"{sec} {r['kind']} " + (f"L={r['L']}" if "L" in r else f"B={r['B']}")
-             for sec, rows in (("train", res["train"]), ("step", res["step"]))
-             for r in rows if r.get("cut_short_by_deadline")]
+    if (
+        res["git_end"]["diff_sha1"] != res["git"]["diff_sha1"]
+        or res["git_end"]["commit"] != res["git"]["commit"]
+    ):
+        res["warnings"].append(
+            "the working tree changed during the run (see git vs git_end); "
+            "timed modules were imported at start, memory subprocesses "
+            "import afresh"
+        )
+    noisy = [
+        f"{sec} {r['kind']} " + (f"L={r['L']}" if "L" in r else f"B={r['B']}")
+        for sec, rows in (
+            ("train", res["train"]),
+            ("step", res["step"]),
+            ("memory", res["memory"]["rows"]),
+        )
+        for r in rows
+        if r.get("noisy")
+    ]
+    short = [
+        f"{sec} {r['kind']} " + (f"L={r['L']}" if "L" in r else f"B={r['B']}")
+        for sec, rows in (("train", res["train"]), ("step", res["step"]))
+        for r in rows
+        if r.get("cut_short_by_deadline")
+    ]
     if short:
-        res["warnings"].append("cut short by the --deadline (fewer samples than asked): "
-                               + ", ".join(short))
+        res["warnings"].append(
+            "cut short by the --deadline (fewer samples than asked): " + ", ".join(short)
+        )
     if noisy:
-        res["warnings"].append(f"other processes used > {NOISY_CORES} cores during: "
-                               + ", ".join(noisy) + " (marked * in the tables)")
+        res["warnings"].append(
+            f"other processes used > {NOISY_CORES} cores during: "
+            + ", ".join(noisy)
+            + " (marked * in the tables)"
+        )
     save()
     md = to_markdown(res)
     atomic_write(md_path, md)
