@@ -1,0 +1,82 @@
+"""k-armed Bernoulli bandits, the multi-armed bandit setting of RL^2 (Duan et al., 2016).
+
+Task: arm probabilities ``p ~ U(0, 1)^k``. One episode is ``horizon`` pulls; pulling arm ``a``
+gives reward ``r ~ Bernoulli(p_a)`` and ``info["regret"] = max(p) - p_a``. The observation is a
+constant ``0`` in ``Box(0, 1, (1,))``: the policy learns about the arms only from the rewards it is
+fed in context. Episodes end by truncation at ``horizon`` (``TimeLimit``).
+
+Split: a checkerboard over the first two arms' probabilities (cells of width 1/20): train tasks
+have ``floor(20 p_0) + floor(20 p_1)`` even, test tasks odd, so the sets are disjoint while each
+still spans all of ``[0, 1]^k`` at a resolution coarser than 0.05.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from metarl.tasks.base import Task, checkerboard_split
+from metarl.tasks.parametric import ParametricTaskFamily
+
+_SPLIT_CELLS = 20
+
+
+class BernoulliBanditEnv(gym.Env):
+    """One bandit task: Bernoulli arms with fixed probabilities."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.probs = np.asarray(task.param("probs"), dtype=np.float64)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(len(self.probs))
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: Any):
+        a = int(action)
+        if not 0 <= a < len(self.probs):
+            raise ValueError(f"action must be an arm in [0, {len(self.probs)}), got {action!r}")
+        reward = float(self.np_random.random() < self.probs[a])
+        info = {"regret": float(self.probs.max() - self.probs[a]), "arm_prob": float(self.probs[a])}
+        return np.zeros(1, np.float32), reward, False, False, info
+
+
+class BanditFamily(ParametricTaskFamily):
+    """Bernoulli bandits with ``k`` arms and episodes of ``horizon`` pulls."""
+
+    def __init__(self, k: int = 5, horizon: int = 100) -> None:
+        if k < 2:
+            raise ValueError(f"a bandit needs k >= 2 arms, got {k}")
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self.k = k
+        self.name = "bandit"
+        self.max_episode_steps = horizon
+
+    @property
+    def observation_space(self) -> gym.spaces.Box:
+        return gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+
+    @property
+    def action_space(self) -> gym.spaces.Discrete:
+        return gym.spaces.Discrete(self.k)
+
+    def draw_params(self, rng: np.random.Generator) -> dict[str, Any]:
+        return {"probs": rng.uniform(0.0, 1.0, self.k)}
+
+    def split_of(self, params: dict[str, Any]) -> str:
+        return checkerboard_split(np.asarray(params["probs"][:2]), _SPLIT_CELLS)
+
+    def check_task(self, task: Task) -> None:
+        super().check_task(task)
+        if len(task.param("probs")) != self.k:
+            raise ValueError(
+                f"task {task} has {len(task.param('probs'))} arms, family has {self.k}"
+            )
+
+    def _make_task_env(self, task: Task) -> gym.Env:
+        return BernoulliBanditEnv(task)

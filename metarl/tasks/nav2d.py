@@ -1,0 +1,75 @@
+"""2D point navigation, the MAML-RL setting (Finn et al., 2017).
+
+Task: a goal ``g ~ U([-0.5, 0.5]^2)``. The agent starts at the origin; the observation is its
+position ``x`` (2,). An action ``a`` is clipped to ``[-0.1, 0.1]^2`` and moves it: ``x' = x + a``.
+Reward: ``-||x' - g||_2`` (distance after the move). ``info["success"]`` is ``||x' - g|| < 0.05``.
+Episodes last 100 steps (truncation only).
+
+Split: a 10 x 10 checkerboard over the goal square; train goals lie in cells whose integer
+coordinates sum to an even number, test goals in the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from metarl.tasks.base import Task, checkerboard_split
+from metarl.tasks.parametric import ParametricTaskFamily
+
+GOAL_LOW, GOAL_HIGH = -0.5, 0.5
+MAX_STEP = 0.1
+SUCCESS_RADIUS = 0.05
+_SPLIT_CELLS = 10
+
+
+class PointNavEnv(gym.Env):
+    """A point that moves by its (clipped) action towards a fixed goal."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-MAX_STEP, MAX_STEP, (2,), np.float32)
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.goal = np.asarray(task.param("goal"), dtype=np.float64)
+        self.pos = np.zeros(2)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.pos = np.zeros(2)
+        return self.pos.astype(np.float32), {}
+
+    def step(self, action: Any):
+        step = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -MAX_STEP, MAX_STEP)
+        self.pos = self.pos + step
+        dist = float(np.linalg.norm(self.pos - self.goal))
+        info = {"distance": dist, "success": dist < SUCCESS_RADIUS}
+        return self.pos.astype(np.float32), -dist, False, False, info
+
+
+class Nav2DFamily(ParametricTaskFamily):
+    """Goals in ``[-0.5, 0.5]^2``, 100-step episodes."""
+
+    def __init__(self, max_episode_steps: int = 100) -> None:
+        self.name = "nav2d"
+        self.max_episode_steps = max_episode_steps
+
+    @property
+    def observation_space(self) -> gym.spaces.Box:
+        return PointNavEnv.observation_space
+
+    @property
+    def action_space(self) -> gym.spaces.Box:
+        return PointNavEnv.action_space
+
+    def draw_params(self, rng: np.random.Generator) -> dict[str, Any]:
+        return {"goal": rng.uniform(GOAL_LOW, GOAL_HIGH, 2)}
+
+    def split_of(self, params: dict[str, Any]) -> str:
+        unit = (np.asarray(params["goal"]) - GOAL_LOW) / (GOAL_HIGH - GOAL_LOW)
+        return checkerboard_split(unit, _SPLIT_CELLS)
+
+    def _make_task_env(self, task: Task) -> gym.Env:
+        return PointNavEnv(task)
