@@ -1,0 +1,198 @@
+"""PPO for recurrent sequence policies (Schulman et al., 2017), CleanRL-style, in one place.
+
+One iteration: collect ``num_steps`` steps from every env with :class:`Rollout`; compute GAE
+advantages (time-limit truncation bootstrapped); then ``update_epochs`` passes over minibatches of
+*whole env sequences* (the policy is recurrent, so a minibatch re-runs sequence mode from each
+sequence's recorded initial state with :func:`policy_evaluate`), minimising the PPO-clip loss.
+
+Every diagnostic a researcher expects is logged per iteration: episodic return, policy and value
+loss, entropy, approx-KL, clip fraction, explained variance, learning rate and steps per second.
+A non-finite loss stops training with an error that names the quantity.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from ssm.policy import SequencePolicy
+
+from .objectives import explained_variance, gae, normalize_advantages, policy_evaluate, ppo_loss
+from .rollout import Rollout
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyperparameters (defaults: CleanRL's, with a recurrent policy)."""
+
+    total_steps: int = 200_000
+    """environment steps over all envs"""
+    num_envs: int = 8
+    """parallel environments"""
+    num_steps: int = 128
+    """steps per env per iteration (the length of each training sequence)"""
+    learning_rate: float = 1e-3
+    """Adam learning rate"""
+    anneal_lr: bool = True
+    """decay the learning rate linearly to 0"""
+    gamma: float = 0.99
+    """discount"""
+    gae_lambda: float = 0.95
+    """GAE λ"""
+    num_minibatches: int = 4
+    """minibatches per epoch (each holds num_envs / num_minibatches whole sequences)"""
+    update_epochs: int = 4
+    """passes over each batch"""
+    norm_adv: bool = True
+    """normalise advantages per minibatch"""
+    clip_coef: float = 0.2
+    """PPO ratio clip ε"""
+    clip_vloss: bool = True
+    """clip the value loss too"""
+    ent_coef: float = 0.01
+    """entropy bonus weight"""
+    vf_coef: float = 0.5
+    """value loss weight"""
+    max_grad_norm: float = 0.5
+    """gradient clipping"""
+    target_kl: float | None = None
+    """stop an update early when approx-KL exceeds this"""
+    seed: int = 1
+    """the run's one seed"""
+
+
+@dataclass
+class IterationStats:
+    iteration: int
+    global_step: int
+    episodic_return: float
+    episodes: int
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clip_fraction: float
+    explained_variance: float
+    learning_rate: float
+    steps_per_second: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite(name: str, value: torch.Tensor) -> None:
+    if not torch.isfinite(value).all():
+        raise FloatingPointError(f"PPO: {name} is not finite ({value.item()}); stopping")
+
+
+def train_ppo(
+    policy: SequencePolicy,
+    envs: gym.vector.VectorEnv,
+    config: PPOConfig,
+    log: Callable[[IterationStats], None] | None = None,
+) -> list[IterationStats]:
+    """Train ``policy`` on ``envs`` (SAME_STEP autoreset) with PPO; returns per-iteration stats."""
+    if config.num_envs != envs.num_envs:
+        raise ValueError(f"config.num_envs={config.num_envs} but envs has {envs.num_envs} envs")
+    if config.num_envs % config.num_minibatches:
+        raise ValueError("num_minibatches must divide num_envs (minibatches are whole sequences)")
+    gen = torch.Generator().manual_seed(config.seed)
+    rollout = Rollout(policy, envs, generator=gen, seed=config.seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
+    batch = config.num_envs * config.num_steps
+    iterations = max(1, config.total_steps // batch)
+    per_mb = config.num_envs // config.num_minibatches
+    history, recent = [], []
+    global_step, start = 0, time.perf_counter()
+    for it in range(1, iterations + 1):
+        lr = config.learning_rate * ((1 - (it - 1) / iterations) if config.anneal_lr else 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        traj = rollout.collect(config.num_steps)
+        global_step += batch
+        recent = (recent + traj.episode_returns())[-20:]
+        with torch.no_grad():
+            adv, ret = gae(
+                traj.rewards,
+                traj.values,
+                traj.terminated,
+                traj.truncated,
+                traj.bootstrap_values,
+                traj.last_value,
+                config.gamma,
+                config.gae_lambda,
+            )
+        stats: dict[str, float] = {}
+        for _ in range(config.update_epochs):
+            order = torch.randperm(config.num_envs, generator=gen)
+            for k in range(config.num_minibatches):
+                idx = order[k * per_mb : (k + 1) * per_mb]
+                sub = traj[idx]
+                mb_adv = adv[:, idx]
+                if config.norm_adv:
+                    mb_adv = normalize_advantages(mb_adv)
+                ev = policy_evaluate(policy, None, sub)
+                loss, parts = ppo_loss(
+                    ev.log_probs,
+                    sub.log_probs,
+                    mb_adv,
+                    ev.values,
+                    sub.values,
+                    ret[:, idx],
+                    ev.entropy,
+                    clip_coef=config.clip_coef,
+                    vf_coef=config.vf_coef,
+                    ent_coef=config.ent_coef,
+                    clip_vloss=config.clip_vloss,
+                )
+                _finite("loss", loss)
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                optimizer.step()
+                stats = {k: float(v) for k, v in parts.items()}
+            if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
+                break
+        row = IterationStats(
+            iteration=it,
+            global_step=global_step,
+            episodic_return=float(np.mean(recent)) if recent else math.nan,
+            episodes=len(recent),
+            policy_loss=stats["policy_loss"],
+            value_loss=stats["value_loss"],
+            entropy=stats["entropy"],
+            approx_kl=stats["approx_kl"],
+            clip_fraction=stats["clip_fraction"],
+            explained_variance=float(explained_variance(traj.values, ret)),
+            learning_rate=lr,
+            steps_per_second=global_step / (time.perf_counter() - start),
+        )
+        history.append(row)
+        if log is not None:
+            log(row)
+    return history
+
+
+def evaluate_returns(
+    policy: SequencePolicy,
+    envs: gym.vector.VectorEnv,
+    episodes: int,
+    seed: int = 0,
+    deterministic: bool = True,
+    max_steps: int = 100_000,
+) -> list[float]:
+    """Returns of the first ``episodes`` completed episodes, acting greedily by default."""
+    rollout = Rollout(policy, envs, generator=torch.Generator().manual_seed(seed), seed=seed)
+    returns: list[float] = []
+    steps = 0
+    while len(returns) < episodes and steps < max_steps:
+        traj = rollout.collect(256, deterministic=deterministic)
+        returns += traj.episode_returns()
+        steps += 256 * envs.num_envs
+    return returns[:episodes]
