@@ -44,11 +44,15 @@ def make_envs(n: int) -> gym.vector.VectorEnv:
 def git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "ssm", "metarl"],
-            cwd=HERE,
+            ["git", "status", "--porcelain", "--", "ssm", "metarl", "experiments/ppo_cartpole.py"],
+            cwd=HERE.parent,
             capture_output=True,
             text=True,
         ).stdout.strip()
