@@ -67,11 +67,15 @@ def main() -> int:
     ap.add_argument("--total-steps", type=int, default=PPOConfig.total_steps)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=PPOConfig.learning_rate)
+    ap.add_argument("--ent-coef", type=float, default=PPOConfig.ent_coef)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
-    cfg = PPOConfig(total_steps=args.total_steps, seed=args.seed)
+    cfg = PPOConfig(
+        total_steps=args.total_steps, seed=args.seed, learning_rate=args.lr, ent_coef=args.ent_coef
+    )
     envs = make_envs(cfg.num_envs)
     policy = ssm.SequencePolicy(
         envs.single_observation_space,
