@@ -77,7 +77,7 @@ def test_ppo_rejects_a_config_that_does_not_fit_the_envs():
 
 @pytest.mark.slow
 def test_ppo_mamba_policy_solves_cartpole():
-    """The sanity run of experiments/ppo_cartpole.py: greedy return >= 475 within 100k steps."""
+    """The sanity run of experiments/ppo_cartpole.py: greedy return >= 475 within 150k steps."""
     envs = cartpole(8)
     torch.manual_seed(1)
     policy = ssm.SequencePolicy(
@@ -87,6 +87,6 @@ def test_ppo_mamba_policy_solves_cartpole():
         d_model=64,
         n_layers=2,
     )
-    train_ppo(policy, envs, PPOConfig(total_steps=100_000, seed=1))
+    train_ppo(policy, envs, PPOConfig(total_steps=150_000, seed=1))
     returns = evaluate_returns(policy, cartpole(4), episodes=20, seed=10_001)
     assert np.mean(returns) >= 475
