@@ -107,7 +107,6 @@ def train_ppo(
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
     batch = config.num_envs * config.num_steps
     iterations = max(1, config.total_steps // batch)
-    per_mb = config.num_envs // config.num_minibatches
     history, recent = [], []
     global_step, start = 0, time.perf_counter()
     for it in range(1, iterations + 1):
@@ -128,37 +127,7 @@ def train_ppo(
                 config.gamma,
                 config.gae_lambda,
             )
-        stats: dict[str, float] = {}
-        for _ in range(config.update_epochs):
-            order = torch.randperm(config.num_envs, generator=gen)
-            for k in range(config.num_minibatches):
-                idx = order[k * per_mb : (k + 1) * per_mb]
-                sub = traj[idx]
-                mb_adv = adv[:, idx]
-                if config.norm_adv:
-                    mb_adv = normalize_advantages(mb_adv)
-                ev = policy_evaluate(policy, None, sub)
-                loss, parts = ppo_loss(
-                    ev.log_probs,
-                    sub.log_probs,
-                    mb_adv,
-                    ev.values,
-                    sub.values,
-                    ret[:, idx],
-                    ev.entropy,
-                    clip_coef=config.clip_coef,
-                    vf_coef=config.vf_coef,
-                    ent_coef=config.ent_coef,
-                    clip_vloss=config.clip_vloss,
-                )
-                _finite("loss", loss)
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-                optimizer.step()
-                stats = {k: float(v) for k, v in parts.items()}
-            if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
-                break
+        stats = ppo_update(policy, optimizer, traj, adv, ret, config, gen)
         row = IterationStats(
             iteration=it,
             global_step=global_step,
@@ -177,6 +146,51 @@ def train_ppo(
         if log is not None:
             log(row)
     return history
+
+
+def ppo_update(
+    policy: SequencePolicy,
+    optimizer: torch.optim.Optimizer,
+    traj,
+    adv: torch.Tensor,
+    ret: torch.Tensor,
+    config: PPOConfig,
+    gen: torch.Generator,
+) -> dict[str, float]:
+    """``update_epochs`` passes of PPO-clip over minibatches of whole env sequences; returns the
+    last minibatch's loss statistics."""
+    num_envs = traj.B
+    per_mb = num_envs // config.num_minibatches
+    stats: dict[str, float] = {}
+    for _ in range(config.update_epochs):
+        order = torch.randperm(num_envs, generator=gen)
+        for k in range(config.num_minibatches):
+            idx = order[k * per_mb : (k + 1) * per_mb]
+            sub = traj[idx]
+            mb_adv = normalize_advantages(adv[:, idx]) if config.norm_adv else adv[:, idx]
+            ev = policy_evaluate(policy, None, sub)
+            loss, parts = ppo_loss(
+                ev.log_probs,
+                sub.log_probs,
+                mb_adv,
+                ev.values,
+                sub.values,
+                ret[:, idx],
+                ev.entropy,
+                clip_coef=config.clip_coef,
+                vf_coef=config.vf_coef,
+                ent_coef=config.ent_coef,
+                clip_vloss=config.clip_vloss,
+            )
+            _finite("loss", loss)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optimizer.step()
+            stats = {name: float(v) for name, v in parts.items()}
+        if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
+            break
+    return stats
 
 
 def evaluate_returns(

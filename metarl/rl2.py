@@ -1,0 +1,148 @@
+"""In-context meta-RL (RL², Duan et al., 2016) with sequence policies, trained by PPO.
+
+A *trial* is ``episodes_per_trial`` episodes of one task. The policy sees the previous action,
+reward and done, and its recurrent state persists across the episodes of a trial and is reset
+between trials, so whatever it learns about the task within a trial lives in its state. Each
+iteration samples fresh training tasks, runs one trial per env, and takes a PPO update on the
+whole trials. The return is the trial's: the trial is the meta-RL episode, so its end is the only
+terminal step (nothing to bootstrap), and an episode end inside a trial is an ordinary transition
+(the state carries over), so GAE carries credit from later episodes back to earlier ones.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ssm.policy import SequencePolicy
+
+from .objectives import explained_variance, gae
+from .ppo import IterationStats, PPOConfig, ppo_update
+from .rollout import Rollout
+from .tasks import TaskFamily
+
+
+@dataclass
+class RL2Config(PPOConfig):
+    """PPO settings plus the trial structure (``total_steps`` counts env steps of all trials)."""
+
+    episodes_per_trial: int = 1
+    """episodes of the same task in one trial (the policy state persists across them)"""
+    gamma: float = 0.99
+    """discount over the whole trial"""
+
+
+def trial_batch(family: TaskFamily, rollout: Rollout, config: RL2Config, iteration: int):
+    """Sample ``num_envs`` fresh training tasks and collect one trial per env."""
+    seed = config.seed * 1_000_003 + iteration
+    tasks = family.sample(config.num_envs, split="train", seed=seed)
+    envs = family.make_vector_env(tasks, seed=seed)
+    rollout.envs.close()
+    rollout.new_trial(seed=seed, envs=envs, task_ids=list(range(config.num_envs)))
+    return rollout.collect(config.episodes_per_trial * family.max_episode_steps)
+
+
+def train_rl2(
+    policy: SequencePolicy,
+    family: TaskFamily,
+    config: RL2Config,
+    log: Callable[[IterationStats], None] | None = None,
+) -> list[IterationStats]:
+    """Meta-train an in-context ``policy`` (``in_context=True``) on ``family``'s train tasks."""
+    if not policy.in_context:
+        raise ValueError("RL² needs a SequencePolicy built with in_context=True")
+    if config.num_envs % config.num_minibatches:
+        raise ValueError("num_minibatches must divide num_envs (minibatches are whole trials)")
+    gen = torch.Generator().manual_seed(config.seed)
+    first = family.make_vector_env(family.sample(config.num_envs, seed=config.seed))
+    rollout = Rollout(
+        policy,
+        first,
+        reset_state="trial",
+        episodes_per_trial=config.episodes_per_trial,
+        generator=gen,
+    )
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
+    trial_steps = config.episodes_per_trial * family.max_episode_steps
+    iterations = max(1, config.total_steps // (trial_steps * config.num_envs))
+    history: list[IterationStats] = []
+    global_step, start = 0, time.perf_counter()
+    for it in range(1, iterations + 1):
+        lr = config.learning_rate * ((1 - (it - 1) / iterations) if config.anneal_lr else 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        traj = trial_batch(family, rollout, config, it)
+        global_step += trial_steps * config.num_envs
+        with torch.no_grad():  # the trial is the episode: only its end is terminal
+            no_cut = torch.zeros_like(traj.truncated)
+            adv, ret = gae(
+                traj.rewards,
+                traj.values,
+                traj.trial_ends,
+                no_cut,
+                traj.bootstrap_values,
+                traj.last_value,
+                config.gamma,
+                config.gae_lambda,
+            )
+        stats = ppo_update(policy, optimizer, traj, adv, ret, config, gen)
+        trial_return = float(traj.rewards.sum(0).mean())
+        row = IterationStats(
+            iteration=it,
+            global_step=global_step,
+            episodic_return=trial_return,
+            episodes=traj.B,
+            policy_loss=stats["policy_loss"],
+            value_loss=stats["value_loss"],
+            entropy=stats["entropy"],
+            approx_kl=stats["approx_kl"],
+            clip_fraction=stats["clip_fraction"],
+            explained_variance=float(explained_variance(traj.values, ret)),
+            learning_rate=lr,
+            steps_per_second=global_step / (time.perf_counter() - start),
+        )
+        if not math.isfinite(row.value_loss):
+            raise FloatingPointError("RL²: value loss is not finite; stopping")
+        history.append(row)
+        if log is not None:
+            log(row)
+    return history
+
+
+def evaluate_trials(
+    policy: SequencePolicy,
+    family: TaskFamily,
+    tasks,
+    episodes_per_trial: int,
+    seed: int,
+    deterministic: bool = False,
+) -> dict[str, np.ndarray]:
+    """One trial per task (held-out tasks, typically). Returns per-task arrays: ``rewards``
+    ``(tasks, trial_steps)``, ``episode_returns`` ``(tasks, episodes_per_trial)``, ``regret``
+    (where the env reports ``info["regret"]``, else absent) and ``success``."""
+    envs = family.make_vector_env(list(tasks), seed=seed)
+    rollout = Rollout(
+        policy,
+        envs,
+        reset_state="trial",
+        episodes_per_trial=episodes_per_trial,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    rollout.new_trial(seed=seed)
+    with torch.no_grad():
+        traj = rollout.collect(
+            episodes_per_trial * family.max_episode_steps, deterministic=deterministic
+        )
+    rewards = traj.rewards.T.double().numpy()  # (tasks, T)
+    per_episode = rewards.reshape(len(tasks), episodes_per_trial, -1).sum(-1)
+    return {
+        "rewards": rewards,
+        "episode_returns": per_episode,
+        "success": traj.success.T.double().numpy(),
+        "actions": traj.actions.T.numpy(),
+    }
