@@ -144,5 +144,5 @@ def evaluate_trials(
         "rewards": rewards,
         "episode_returns": per_episode,
         "success": traj.success.T.double().numpy(),
-        "actions": traj.actions.T.numpy(),
+        "actions": traj.actions.transpose(0, 1).numpy(),
     }
