@@ -14,18 +14,14 @@ Writes ``experiments/results/bench_rollout.json`` and ``.md`` (atomically).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import run_metadata, write_json_atomic, write_text_atomic
 
 import ssm
 from metarl import Rollout, make_family
@@ -47,13 +43,6 @@ def rollout_sps(rollout: Rollout, steps: int) -> float:
     with torch.inference_mode():
         rollout.collect(steps)
     return steps * rollout.envs.num_envs / (time.perf_counter() - t)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
 
 
 def main() -> int:
@@ -104,23 +93,14 @@ def main() -> int:
             flush=True,
         )
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True
-    ).stdout.strip()
     meta = {
-        "command": " ".join(["python", *sys.argv]),
-        "commit": commit,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        **run_metadata(),
         "policy": {"kind": args.kind, "d_model": 64, "n_layers": 2},
         "steps_per_measurement": args.steps,
         "repeats": args.repeats,
     }
-    atomic_write(args.out, json.dumps({**meta, "results": results}, indent=1))
+    commit = meta["commit"]
+    write_json_atomic(args.out, {**meta, "results": results})
     lines = [
         f"# Rollout throughput vs bare vector envs ({args.num_envs} envs)",
         "",
@@ -136,7 +116,7 @@ def main() -> int:
         f"{100 * r['overhead']:.1f}% | {'PASS' if r['passed'] else 'FAIL'} |"
         for r in results
     ]
-    atomic_write(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_text_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0 if np.isfinite([r["overhead"] for r in results]).all() else 2
 

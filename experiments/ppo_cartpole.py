@@ -12,12 +12,7 @@ machine, config, per-iteration metrics and the evaluation returns.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +20,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from results_io import run_metadata, write_json_atomic
 
 import ssm
 from metarl.ppo import PPOConfig, evaluate_returns, train_ppo
@@ -39,26 +35,6 @@ def make_envs(n: int) -> gym.vector.VectorEnv:
         vectorization_mode="sync",
         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
     )
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=HERE.parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "ssm", "metarl", "experiments/ppo_cartpole.py"],
-            cwd=HERE.parent,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return out + (" (dirty)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> int:
@@ -103,15 +79,9 @@ def main() -> int:
         f"greedy evaluation over {len(eval_returns)} episodes: mean return {mean_ret:.1f} "
         f"(target >= 475) in {train_s:.0f} s of training"
     )
-    result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": git_commit(),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+    out = args.out or HERE / "results" / f"ppo_cartpole_{args.kind}.json"
+    payload = {
+        **run_metadata(),
         "kind": args.kind,
         "d_model": args.d_model,
         "config": asdict(cfg),
@@ -122,11 +92,7 @@ def main() -> int:
         "passed": mean_ret >= 475,
         "history": [row.as_dict() for row in history],
     }
-    out = args.out or HERE / "results" / f"ppo_cartpole_{args.kind}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as f:
-        json.dump(result, f, indent=1)
-    os.replace(f.name, out)
+    write_json_atomic(out, payload)
     print(f"wrote {out}")
     return 0
 

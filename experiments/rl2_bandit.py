@@ -14,18 +14,14 @@ Writes ``experiments/results/rl2_bandit_<kind>.json`` (atomically).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import run_metadata, write_json_atomic
 
 import ssm
 from metarl import make_family
@@ -132,19 +128,9 @@ def main() -> int:
     for name, s in summary.items():
         print(f"{name:12s} cumulative regret {s['mean']:6.2f} ± {s['ci95']:.2f}")
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=HERE.parent, capture_output=True, text=True
-    ).stdout.strip()
     out = args.out or HERE / "results" / f"rl2_bandit_{args.kind}.json"
     payload = {
-        "command": " ".join(["python", *sys.argv]),
-        "commit": commit,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        **run_metadata(),
         "config": asdict(cfg),
         "k": args.k,
         "horizon": args.horizon,
@@ -154,10 +140,7 @@ def main() -> int:
         "regret": summary,
         "history": [row.as_dict() for row in history],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(f.name, out)
+    write_json_atomic(out, payload)
     print(f"wrote {out} ({train_s:.0f} s of training)")
     return 0
 

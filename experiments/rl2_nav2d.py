@@ -12,18 +12,14 @@ reports each episode's return as mean ± 95% CI over tasks, plus the paired diff
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import run_metadata, write_json_atomic
 
 import ssm
 from metarl import make_family
@@ -90,19 +86,9 @@ def main() -> int:
     for name, s in summary.items():
         print(f"{name:18s} {s['mean']:8.2f} ± {s['ci95']:.2f}")
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=HERE.parent, capture_output=True, text=True
-    ).stdout.strip()
     out = args.out or HERE / "results" / f"rl2_nav2d_{args.kind}.json"
     payload = {
-        "command": " ".join(["python", *sys.argv]),
-        "commit": commit,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        **run_metadata(),
         "config": asdict(cfg),
         "kind": args.kind,
         "train_seconds": train_s,
@@ -110,10 +96,7 @@ def main() -> int:
         "returns": summary,
         "history": [row.as_dict() for row in history],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(f.name, out)
+    write_json_atomic(out, payload)
     print(f"wrote {out} ({train_s:.0f} s of training)")
     return 0
 

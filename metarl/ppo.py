@@ -86,6 +86,34 @@ class IterationStats:
         return asdict(self)
 
 
+def iteration_stats(
+    iteration: int,
+    global_step: int,
+    episodic_return: float,
+    episodes: int,
+    stats: dict[str, float],
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    learning_rate: float,
+    start_time: float,
+) -> IterationStats:
+    """One iteration's log row from the last update's loss statistics."""
+    return IterationStats(
+        iteration=iteration,
+        global_step=global_step,
+        episodic_return=episodic_return,
+        episodes=episodes,
+        policy_loss=stats["policy_loss"],
+        value_loss=stats["value_loss"],
+        entropy=stats["entropy"],
+        approx_kl=stats["approx_kl"],
+        clip_fraction=stats["clip_fraction"],
+        explained_variance=float(explained_variance(values, returns)),
+        learning_rate=learning_rate,
+        steps_per_second=global_step / (time.perf_counter() - start_time),
+    )
+
+
 def _finite(name: str, value: torch.Tensor) -> None:
     if not torch.isfinite(value).all():
         raise FloatingPointError(f"PPO: {name} is not finite ({value.item()}); stopping")
@@ -128,19 +156,16 @@ def train_ppo(
                 config.gae_lambda,
             )
         stats = ppo_update(policy, optimizer, traj, adv, ret, config, gen)
-        row = IterationStats(
-            iteration=it,
-            global_step=global_step,
-            episodic_return=float(np.mean(recent)) if recent else math.nan,
-            episodes=len(recent),
-            policy_loss=stats["policy_loss"],
-            value_loss=stats["value_loss"],
-            entropy=stats["entropy"],
-            approx_kl=stats["approx_kl"],
-            clip_fraction=stats["clip_fraction"],
-            explained_variance=float(explained_variance(traj.values, ret)),
-            learning_rate=lr,
-            steps_per_second=global_step / (time.perf_counter() - start),
+        row = iteration_stats(
+            it,
+            global_step,
+            float(np.mean(recent)) if recent else math.nan,
+            len(recent),
+            stats,
+            traj.values,
+            ret,
+            lr,
+            start,
         )
         history.append(row)
         if log is not None:

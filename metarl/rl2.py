@@ -21,8 +21,8 @@ import torch
 
 from ssm.policy import SequencePolicy
 
-from .objectives import explained_variance, gae
-from .ppo import IterationStats, PPOConfig, ppo_update
+from .objectives import gae
+from .ppo import IterationStats, PPOConfig, iteration_stats, ppo_update
 from .rollout import Rollout
 from .tasks import TaskFamily
 
@@ -92,19 +92,8 @@ def train_rl2(
             )
         stats = ppo_update(policy, optimizer, traj, adv, ret, config, gen)
         trial_return = float(traj.rewards.sum(0).mean())
-        row = IterationStats(
-            iteration=it,
-            global_step=global_step,
-            episodic_return=trial_return,
-            episodes=traj.B,
-            policy_loss=stats["policy_loss"],
-            value_loss=stats["value_loss"],
-            entropy=stats["entropy"],
-            approx_kl=stats["approx_kl"],
-            clip_fraction=stats["clip_fraction"],
-            explained_variance=float(explained_variance(traj.values, ret)),
-            learning_rate=lr,
-            steps_per_second=global_step / (time.perf_counter() - start),
+        row = iteration_stats(
+            it, global_step, trial_return, traj.B, stats, traj.values, ret, lr, start
         )
         if not math.isfinite(row.value_loss):
             raise FloatingPointError("RL²: value loss is not finite; stopping")
