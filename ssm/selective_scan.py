@@ -228,19 +228,26 @@ class FirstOrderKernel(torch.autograd.Function):
         else:
             private, out = ctx.private
             inputs, outs = private, (out, None)
-        pairs = [(o, g) for o, g in zip(outs, (g_out, g_last)) if g is not None and o is not None]
-        wrt = [t for t, w in zip(inputs, wants) if w]
-        grads = iter(
-            torch.autograd.grad(
-                [o for o, _ in pairs],
-                wrt,
-                [g for _, g in pairs],
-                create_graph=torch.is_grad_enabled(),
-                retain_graph=True,  # the private graph lives as long as ctx, like any saved graph
-                allow_unused=True,
-            )
+        grads = _partial_grads(outs, (g_out, g_last), inputs, wants, torch.is_grad_enabled())
+        return (None, None, *grads)
+
+
+def _partial_grads(outs, grads_out, inputs, wants, create_graph: bool) -> list:
+    """Vector-Jacobian product of ``outs`` (those with a gradient) with respect to the ``inputs``
+    flagged in ``wants``; ``None`` for the others and for inputs that did not contribute."""
+    pairs = [(o, g) for o, g in zip(outs, grads_out) if g is not None and o is not None]
+    wrt = [t for t, w in zip(inputs, wants) if w]
+    grads = iter(
+        torch.autograd.grad(
+            [o for o, _ in pairs],
+            wrt,
+            [g for _, g in pairs],
+            create_graph=create_graph,
+            retain_graph=True,  # a private forward graph lives as long as ctx, like any saved one
+            allow_unused=True,
         )
-        return (None, None, *[next(grads) if w else None for w in wants])
+    )
+    return [next(grads) if w else None for w in wants]
 
 
 def _core_ref(u, delta, A, Bt, Ct, D, z, bias, softplus, h0, resets):
@@ -274,21 +281,8 @@ def _reference_grads(ctx, g_out, g_last):
     u, delta, A, Bt, Ct, D, z, bias, h0 = inputs
     needs = [n for i, n in enumerate(ctx.needs_input_grad) if i not in (8, 10)]  # skip flags
     with torch.enable_grad():
-        out, last = _core_ref(u, delta, A, Bt, Ct, D, z, bias, ctx.softplus, h0, resets)
-        pairs = [(o, g) for o, g in ((out, g_out), (last, g_last)) if g is not None]
-        wrt = [t for t, n in zip(inputs, needs) if n]
-        grads = torch.autograd.grad(
-            [o for o, _ in pairs],
-            wrt,
-            [g for _, g in pairs],
-            create_graph=True,
-            allow_unused=True,
-        )
-    it = iter(grads)
-    result = []
-    for t, n in zip(inputs, needs):
-        g = next(it) if n else None
-        result.append(torch.zeros_like(t) if n and g is None else g)
+        outs = _core_ref(u, delta, A, Bt, Ct, D, z, bias, ctx.softplus, h0, resets)
+    result = _partial_grads(outs, (g_out, g_last), inputs, needs, create_graph=True)
     du, dd, dA, dB, dC, dD, dz, dbias, dh0 = result
     return du, dd, dA, dB, dC, dD, dz, dbias, None, dh0, None
 
