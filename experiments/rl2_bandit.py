@@ -26,43 +26,10 @@ from results_io import run_metadata, write_json_atomic
 import ssm
 from metarl import make_family
 from metarl.rl2 import RL2Config, evaluate_trials, train_rl2
+from metarl.tasks.bandit import CLASSIC_PLAYERS
+from metarl.tasks.bandit import pseudo_regret as regret
 
 HERE = Path(__file__).resolve().parent
-
-
-def play_random(probs: np.ndarray, horizon: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, len(probs), horizon)
-
-
-def play_ucb1(probs: np.ndarray, horizon: int, rng: np.random.Generator) -> np.ndarray:
-    k = len(probs)
-    pulls, wins, arms = np.zeros(k), np.zeros(k), []
-    for t in range(horizon):
-        if t < k:
-            a = t
-        else:
-            a = int(np.argmax(wins / pulls + np.sqrt(2 * np.log(t) / pulls)))
-        r = rng.random() < probs[a]
-        pulls[a] += 1
-        wins[a] += r
-        arms.append(a)
-    return np.array(arms)
-
-
-def play_thompson(probs: np.ndarray, horizon: int, rng: np.random.Generator) -> np.ndarray:
-    k = len(probs)
-    alpha, beta, arms = np.ones(k), np.ones(k), []
-    for _ in range(horizon):
-        a = int(np.argmax(rng.beta(alpha, beta)))
-        r = rng.random() < probs[a]
-        alpha[a] += r
-        beta[a] += 1 - r
-        arms.append(a)
-    return np.array(arms)
-
-
-def regret(probs: np.ndarray, arms: np.ndarray) -> float:
-    return float(np.sum(probs.max() - probs[arms]))
 
 
 def ci95(x: np.ndarray) -> tuple[float, float]:
@@ -122,7 +89,7 @@ def main() -> int:
     ev = evaluate_trials(policy, family, tasks, episodes_per_trial=1, seed=777)
     results = {"rl2_" + args.kind: np.array([regret(p, a) for p, a in zip(probs, ev["actions"])])}
     rng = np.random.default_rng(777)
-    for name, play in (("random", play_random), ("ucb1", play_ucb1), ("thompson", play_thompson)):
+    for name, play in CLASSIC_PLAYERS.items():
         results[name] = np.array([regret(p, play(p, args.horizon, rng)) for p in probs])
     summary = {name: dict(zip(("mean", "ci95"), ci95(r))) for name, r in results.items()}
     for name, s in summary.items():

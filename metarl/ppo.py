@@ -119,31 +119,47 @@ def _finite(name: str, value: torch.Tensor) -> None:
         raise FloatingPointError(f"PPO: {name} is not finite ({value.item()}); stopping")
 
 
-def train_ppo(
-    policy: SequencePolicy,
-    envs: gym.vector.VectorEnv,
-    config: PPOConfig,
-    log: Callable[[IterationStats], None] | None = None,
-) -> list[IterationStats]:
-    """Train ``policy`` on ``envs`` (SAME_STEP autoreset) with PPO; returns per-iteration stats."""
-    if config.num_envs != envs.num_envs:
-        raise ValueError(f"config.num_envs={config.num_envs} but envs has {envs.num_envs} envs")
-    if config.num_envs % config.num_minibatches:
-        raise ValueError("num_minibatches must divide num_envs (minibatches are whole sequences)")
-    gen = torch.Generator().manual_seed(config.seed)
-    rollout = Rollout(policy, envs, generator=gen, seed=config.seed)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
-    batch = config.num_envs * config.num_steps
-    iterations = max(1, config.total_steps // batch)
-    history, recent = [], []
-    global_step, start = 0, time.perf_counter()
-    for it in range(1, iterations + 1):
-        lr = config.learning_rate * ((1 - (it - 1) / iterations) if config.anneal_lr else 1.0)
-        for group in optimizer.param_groups:
+class PPOTrainer:
+    """PPO as a resumable object: :meth:`step` runs one iteration.
+
+    :meth:`state_dict` holds the parameters, optimiser moments, the sampling generator, the
+    iteration counter and the recent-returns window. The environments' internal state (episodes in
+    progress) is not captured: gymnasium envs offer no code-free way to save it. A resumed PPO run
+    therefore restarts its episodes (reset with a seed derived from the run seed and the
+    iteration), so it continues from the same parameters but is not bit-identical to an
+    uninterrupted run. RL² and the meta-learners start fresh trials every iteration and resume
+    exactly.
+    """
+
+    def __init__(self, policy: SequencePolicy, envs: gym.vector.VectorEnv, config: PPOConfig):
+        if config.num_envs != envs.num_envs:
+            raise ValueError(f"config.num_envs={config.num_envs} but envs has {envs.num_envs} envs")
+        if config.num_envs % config.num_minibatches:
+            raise ValueError(
+                "num_minibatches must divide num_envs (minibatches are whole sequences)"
+            )
+        self.policy, self.envs, self.config = policy, envs, config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.rollout = Rollout(policy, envs, generator=self.generator, seed=config.seed)
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.batch = config.num_envs * config.num_steps
+        self.iterations = max(1, config.total_steps // self.batch)
+        self.iteration, self.global_step, self._elapsed = 0, 0, 0.0
+        self.recent: list[float] = []
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.iterations
+
+    def step(self) -> IterationStats:
+        config, it = self.config, self.iteration + 1
+        start = time.perf_counter() - self._elapsed
+        lr = config.learning_rate * ((1 - (it - 1) / self.iterations) if config.anneal_lr else 1.0)
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        traj = rollout.collect(config.num_steps)
-        global_step += batch
-        recent = (recent + traj.episode_returns())[-20:]
+        traj = self.rollout.collect(config.num_steps)
+        global_step = self.global_step + self.batch
+        self.recent = (self.recent + traj.episode_returns())[-20:]
         with torch.no_grad():
             adv, ret = gae(
                 traj.rewards,
@@ -155,18 +171,57 @@ def train_ppo(
                 config.gamma,
                 config.gae_lambda,
             )
-        stats = ppo_update(policy, optimizer, traj, adv, ret, config, gen)
+        stats = ppo_update(self.policy, self.optimizer, traj, adv, ret, config, self.generator)
         row = iteration_stats(
             it,
             global_step,
-            float(np.mean(recent)) if recent else math.nan,
-            len(recent),
+            float(np.mean(self.recent)) if self.recent else math.nan,
+            len(self.recent),
             stats,
             traj.values,
             ret,
             lr,
             start,
         )
+        for name in ("value_loss", "policy_loss", "entropy"):
+            if not math.isfinite(getattr(row, name)):
+                raise FloatingPointError(f"PPO: {name} is not finite at iteration {it}; stopping")
+        self.iteration, self.global_step = it, global_step
+        self._elapsed = time.perf_counter() - start
+        return row
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "elapsed": self._elapsed,
+            "recent_returns": list(self.recent),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.iteration, self.global_step = int(state["iteration"]), int(state["global_step"])
+        self._elapsed = float(state["elapsed"])
+        self.recent = [float(r) for r in state["recent_returns"]]
+        self.rollout.new_trial(seed=self.config.seed * 1_000_003 + self.iteration)
+
+
+def train_ppo(
+    policy: SequencePolicy,
+    envs: gym.vector.VectorEnv,
+    config: PPOConfig,
+    log: Callable[[IterationStats], None] | None = None,
+) -> list[IterationStats]:
+    """Train ``policy`` on ``envs`` (SAME_STEP autoreset) with PPO; returns per-iteration stats."""
+    trainer = PPOTrainer(policy, envs, config)
+    history: list[IterationStats] = []
+    while not trainer.done:
+        row = trainer.step()
         history.append(row)
         if log is not None:
             log(row)

@@ -47,37 +47,49 @@ def trial_batch(family: TaskFamily, rollout: Rollout, config: RL2Config, iterati
     return rollout.collect(config.episodes_per_trial * family.max_episode_steps)
 
 
-def train_rl2(
-    policy: SequencePolicy,
-    family: TaskFamily,
-    config: RL2Config,
-    log: Callable[[IterationStats], None] | None = None,
-) -> list[IterationStats]:
-    """Meta-train an in-context ``policy`` (``in_context=True``) on ``family``'s train tasks."""
-    if not policy.in_context:
-        raise ValueError("RL² needs a SequencePolicy built with in_context=True")
-    if config.num_envs % config.num_minibatches:
-        raise ValueError("num_minibatches must divide num_envs (minibatches are whole trials)")
-    gen = torch.Generator().manual_seed(config.seed)
-    first = family.make_vector_env(family.sample(config.num_envs, seed=config.seed))
-    rollout = Rollout(
-        policy,
-        first,
-        reset_state="trial",
-        episodes_per_trial=config.episodes_per_trial,
-        generator=gen,
-    )
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
-    trial_steps = config.episodes_per_trial * family.max_episode_steps
-    iterations = max(1, config.total_steps // (trial_steps * config.num_envs))
-    history: list[IterationStats] = []
-    global_step, start = 0, time.perf_counter()
-    for it in range(1, iterations + 1):
-        lr = config.learning_rate * ((1 - (it - 1) / iterations) if config.anneal_lr else 1.0)
-        for group in optimizer.param_groups:
+class RL2Trainer:
+    """RL² meta-training as a resumable object: :meth:`step` runs one iteration.
+
+    Every iteration draws its tasks and env seeds from ``(config.seed, iteration)`` and its
+    action samples and minibatch orders from one generator, so the whole run is a function of the
+    seed. :meth:`state_dict` holds everything that changes between iterations (parameters,
+    optimiser moments, the generator, the iteration counter), which makes a resumed run continue
+    bit-for-bit on CPU.
+    """
+
+    def __init__(self, policy: SequencePolicy, family: TaskFamily, config: RL2Config):
+        if not policy.in_context:
+            raise ValueError("RL² needs a SequencePolicy built with in_context=True")
+        if config.num_envs % config.num_minibatches:
+            raise ValueError("num_minibatches must divide num_envs (minibatches are whole trials)")
+        self.policy, self.family, self.config = policy, family, config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        first = family.make_vector_env(family.sample(config.num_envs, seed=config.seed))
+        self.rollout = Rollout(
+            policy,
+            first,
+            reset_state="trial",
+            episodes_per_trial=config.episodes_per_trial,
+            generator=self.generator,
+        )
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.trial_steps = config.episodes_per_trial * family.max_episode_steps
+        self.iterations = max(1, config.total_steps // (self.trial_steps * config.num_envs))
+        self.iteration, self.global_step, self._elapsed = 0, 0, 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.iterations
+
+    def step(self) -> IterationStats:
+        """One iteration: fresh train tasks, one trial per env, a PPO update on whole trials."""
+        config, it = self.config, self.iteration + 1
+        start = time.perf_counter() - self._elapsed
+        lr = config.learning_rate * ((1 - (it - 1) / self.iterations) if config.anneal_lr else 1.0)
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        traj = trial_batch(family, rollout, config, it)
-        global_step += trial_steps * config.num_envs
+        traj = trial_batch(self.family, self.rollout, config, it)
+        global_step = self.global_step + self.trial_steps * config.num_envs
         with torch.no_grad():  # the trial is the episode: only its end is terminal
             no_cut = torch.zeros_like(traj.truncated)
             adv, ret = gae(
@@ -90,13 +102,47 @@ def train_rl2(
                 config.gamma,
                 config.gae_lambda,
             )
-        stats = ppo_update(policy, optimizer, traj, adv, ret, config, gen)
+        stats = ppo_update(self.policy, self.optimizer, traj, adv, ret, config, self.generator)
         trial_return = float(traj.rewards.sum(0).mean())
         row = iteration_stats(
             it, global_step, trial_return, traj.B, stats, traj.values, ret, lr, start
         )
-        if not math.isfinite(row.value_loss):
-            raise FloatingPointError("RL²: value loss is not finite; stopping")
+        for name in ("value_loss", "policy_loss", "entropy"):
+            if not math.isfinite(getattr(row, name)):
+                raise FloatingPointError(f"RL²: {name} is not finite at iteration {it}; stopping")
+        self.iteration, self.global_step = it, global_step
+        self._elapsed = time.perf_counter() - start
+        return row
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "elapsed": self._elapsed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.iteration, self.global_step = int(state["iteration"]), int(state["global_step"])
+        self._elapsed = float(state["elapsed"])
+
+
+def train_rl2(
+    policy: SequencePolicy,
+    family: TaskFamily,
+    config: RL2Config,
+    log: Callable[[IterationStats], None] | None = None,
+) -> list[IterationStats]:
+    """Meta-train an in-context ``policy`` (``in_context=True``) on ``family``'s train tasks."""
+    trainer = RL2Trainer(policy, family, config)
+    history: list[IterationStats] = []
+    while not trainer.done:
+        row = trainer.step()
         history.append(row)
         if log is not None:
             log(row)

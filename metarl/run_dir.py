@@ -178,6 +178,16 @@ class RunDir:
                 raise RunDirError(f"{self.metrics_path}, line {i + 1}: not valid JSON ({e})") from e
         return records
 
+    def rewind_metrics(self, step: int) -> int:
+        """Drop the records logged after ``step`` (rows a killed run wrote after its last
+        checkpoint), rewriting ``metrics.jsonl`` atomically; returns how many were dropped."""
+        records = self.read_metrics()
+        kept = [r for r in records if r["step"] <= step]
+        body = "".join(json.dumps(r) + "\n" for r in kept)
+        write_atomic(self.metrics_path, body.encode())
+        self._metrics_tail_checked = True
+        return len(records) - len(kept)
+
     def _drop_partial_metrics_line(self) -> None:
         """Cut a line left unfinished by a killed run, so the next record starts on its own line."""
         if not self.metrics_path.exists():

@@ -48,6 +48,8 @@ class BernoulliBanditEnv(gym.Env):
 class BanditFamily(ParametricTaskFamily):
     """Bernoulli bandits with ``k`` arms and episodes of ``horizon`` pulls."""
 
+    reports_success = False
+
     def __init__(self, k: int = 5, horizon: int = 100) -> None:
         if k < 2:
             raise ValueError(f"a bandit needs k >= 2 arms, got {k}")
@@ -80,3 +82,46 @@ class BanditFamily(ParametricTaskFamily):
 
     def _make_task_env(self, task: Task) -> gym.Env:
         return BernoulliBanditEnv(task)
+
+
+# --- classic bandit algorithms, the reference points for in-context learners ----------------------
+
+
+def random_arms(probs: np.ndarray, horizon: int, rng: np.random.Generator) -> np.ndarray:
+    """Arms pulled by a uniformly random player (``probs`` is only used for the arm count)."""
+    return rng.integers(0, len(probs), horizon)
+
+
+def ucb1_arms(probs: np.ndarray, horizon: int, rng: np.random.Generator) -> np.ndarray:
+    """Arms pulled by UCB1 (Auer et al., 2002): each arm once, then argmax of
+    ``mean_a + sqrt(2 ln t / n_a)``; rewards drawn ``Bernoulli(probs[a])`` from ``rng``."""
+    k = len(probs)
+    pulls, wins, arms = np.zeros(k), np.zeros(k), []
+    for t in range(horizon):
+        a = t if t < k else int(np.argmax(wins / pulls + np.sqrt(2 * np.log(t) / pulls)))
+        pulls[a] += 1
+        wins[a] += rng.random() < probs[a]
+        arms.append(a)
+    return np.array(arms)
+
+
+def thompson_arms(probs: np.ndarray, horizon: int, rng: np.random.Generator) -> np.ndarray:
+    """Arms pulled by Thompson sampling with a Beta(1, 1) prior on every arm."""
+    k = len(probs)
+    alpha, beta, arms = np.ones(k), np.ones(k), []
+    for _ in range(horizon):
+        a = int(np.argmax(rng.beta(alpha, beta)))
+        r = rng.random() < probs[a]
+        alpha[a] += r
+        beta[a] += 1 - r
+        arms.append(a)
+    return np.array(arms)
+
+
+def pseudo_regret(probs: np.ndarray, arms: np.ndarray) -> float:
+    """Cumulative pseudo-regret ``Σ_t (max_a p_a - p_{a_t})``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return float(np.sum(probs.max() - probs[np.asarray(arms, dtype=np.int64)]))
+
+
+CLASSIC_PLAYERS = {"random": random_arms, "ucb1": ucb1_arms, "thompson": thompson_arms}

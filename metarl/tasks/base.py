@@ -122,6 +122,8 @@ class TaskFamily(abc.ABC):
 
     name: str
     max_episode_steps: int
+    reports_success: bool = True
+    """whether the envs set ``info["success"]`` (False: success columns are meaningless)"""
 
     @property
     @abc.abstractmethod
