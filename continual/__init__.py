@@ -1,1 +1,45 @@
-"""Continual learning: EWC and baselines, stage-proportional prioritized replay, drift detection."""
+"""Continual learning: EWC and baselines, stage-proportional prioritized replay, drift detection.
+
+- :mod:`continual.replay`: :class:`ReplayBuffer`, prioritized replay of recurrent sequence chunks
+  (stored state + burn-in), sampled in stage proportions; snapshots for checkpoints.
+- :mod:`continual.sum_tree`: the batched sum/min-trees under it.
+- :mod:`continual.regularizers`: the plugin interface and :class:`FineTuning`, :class:`L2Anchor`,
+  :class:`EWC` (online, diagonal Fisher from :mod:`continual.fisher`); :mod:`continual.packnet`:
+  :class:`PackNet`.
+- :mod:`continual.drift`: Page-Hinkley and ADWIN (river) over named scalar streams.
+- :mod:`continual.metrics`: Continual World metrics, detection scores and plots.
+"""
+
+from .drift import ADWINConfig, Detection, DriftMonitor, PageHinkleyConfig, StreamDetector
+from .fisher import fisher_diagonal
+from .packnet import PackNet
+from .regularizers import (
+    EWC,
+    ConsolidationContext,
+    FineTuning,
+    L2Anchor,
+    Regularizer,
+    RegularizerSet,
+)
+from .replay import ReplayBatch, ReplayBuffer, ReplayConfig
+from .sum_tree import SumTree
+
+__all__ = [
+    "ADWINConfig",
+    "EWC",
+    "ConsolidationContext",
+    "Detection",
+    "DriftMonitor",
+    "FineTuning",
+    "L2Anchor",
+    "PackNet",
+    "PageHinkleyConfig",
+    "Regularizer",
+    "RegularizerSet",
+    "ReplayBatch",
+    "ReplayBuffer",
+    "ReplayConfig",
+    "StreamDetector",
+    "SumTree",
+    "fisher_diagonal",
+]
