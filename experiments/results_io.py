@@ -17,7 +17,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def git_commit(paths: tuple[str, ...] = ("ssm", "metarl", "experiments")) -> str:
+def git_commit(
+    paths: tuple[str, ...] = ("ssm", "metarl", "continual", "curricula", "skills", "experiments"),
+) -> str:
     """HEAD's hash, with " (dirty)" when ``paths`` have uncommitted changes."""
     try:
         head = subprocess.run(

@@ -10,11 +10,21 @@ from .base import SequenceLayer, State
 from .heads import ActionHead, CategoricalHead, GaussianHead, MultiDiscreteHead
 from .lti import S4D, S5
 from .mamba import Mamba
-from .policy import PolicyOutput, SequencePolicy
 from .registry import KINDS, make_layer
 from .rnn import GRU, LSTM
 from .scan import diagonal_linear_scan
 from .selective_scan import selective_scan, selective_scan_ref
+
+
+def __getattr__(name: str):
+    # PEP 562: SequencePolicy pulls in gymnasium (for spaces); the layers do not, so importing the
+    # layers (as the skill library's import API does) must not import gymnasium.
+    if name in ("PolicyOutput", "SequencePolicy"):
+        from . import policy
+
+        return getattr(policy, name)
+    raise AttributeError(f"module 'ssm' has no attribute {name!r}")
+
 
 __all__ = [
     "ActionHead",
