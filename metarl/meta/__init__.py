@@ -1,0 +1,58 @@
+"""Gradient meta-RL on ``torch.func``: MAML (second order, with a DiCE/LVC-corrected inner
+surrogate), FOMAML, iMAML, Reptile, the MAML++ options, and Adam or TRPO outer steps.
+
+- :class:`MAML`, :class:`IMAML`, :class:`Reptile`: learn2learn-sized learners
+  (``adapt(params_or_none, support) -> params``, ``outer_loss``, ``meta_gradient``) over the
+  functional core in :mod:`metarl.meta.functional`; the inner loop of a meta-batch runs under one
+  ``vmap`` over tasks.
+- :class:`MetaConfig` and :func:`train_meta`: the training loop (support -> adapt -> query ->
+  outer step); :func:`adapt_eval`: returns before and after each adaptation step.
+- :mod:`metarl.meta.surrogates`: the inner/outer objectives and the estimator behind them.
+- :mod:`metarl.meta.exact_norms`: why layer norms are computed in composite form here.
+- :mod:`metarl.meta.testing`: the ``higher`` oracle (tests and benchmarks only) and tiny fixtures.
+"""
+
+from .batch import TaskBatch, task_batch, task_batches
+from .collect import TaskBatchedPolicy, collect_tasks
+from .config import MetaConfig
+from .functional import conjugate_gradient, implicit_meta_gradient
+from .learners import (
+    IMAML,
+    MAML,
+    MetaGradient,
+    MetaLearner,
+    Reptile,
+    make_learner,
+    msl_weights,
+    second_order_error,
+)
+from .surrogates import head_kl, inner_loss, outer_loss
+from .train import MetaIterationStats, adapt_eval, train_meta
+from .trpo import TRPOResult, trpo_step
+
+__all__ = [
+    "IMAML",
+    "MAML",
+    "MetaConfig",
+    "MetaGradient",
+    "MetaIterationStats",
+    "MetaLearner",
+    "Reptile",
+    "TRPOResult",
+    "TaskBatch",
+    "TaskBatchedPolicy",
+    "adapt_eval",
+    "collect_tasks",
+    "conjugate_gradient",
+    "head_kl",
+    "implicit_meta_gradient",
+    "inner_loss",
+    "make_learner",
+    "msl_weights",
+    "outer_loss",
+    "second_order_error",
+    "task_batch",
+    "task_batches",
+    "train_meta",
+    "trpo_step",
+]
