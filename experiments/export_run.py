@@ -38,7 +38,7 @@ def main() -> int:
         return 1
     rows = run.read_metrics()
     config = yaml.safe_load(run.config_path.read_text())
-    machine = run_metadata()["machine"]  # this machine; the run's torch threads come from its config
+    machine = run_metadata()["machine"]  # this machine; the run's threads: its config
     machine["threads"] = (config.get("run") or {}).get("threads") or "torch default"
     payload = {
         "command": " ".join(["metarl", *meta["command"][2:]]),
@@ -53,7 +53,8 @@ def main() -> int:
         "eval": json.loads((run.path / "eval.json").read_text()),
         "history": rows,
     }
-    out = write_json_atomic(args.out_dir / f"{args.name}.json", payload)
+    out = args.out_dir / f"{args.name}.json"
+    write_json_atomic(out, payload)
     for png in sorted(run.plot_dir.glob("*.png")):
         shutil.copyfile(png, args.out_dir / f"{args.name}_{png.name}")
     print(f"wrote {out} and {len(list(run.plot_dir.glob('*.png')))} plots")
