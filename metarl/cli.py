@@ -3,6 +3,9 @@
     metarl train CONFIG.yaml [key=value ...]     train into a new run directory
     metarl resume RUN_DIR [run.key=value ...]    continue a run from its latest checkpoint
     metarl eval RUN_DIR [--checkpoint F] [eval.key=value ...]
+    metarl adapt-eval RUN_DIR [--tasks test] [--steps 0..S] [--episodes K] [--seeds N]
+                      [--baselines [--multitask RUN_DIR]]
+                                                 few-shot adaptation curves (+ baselines)
     metarl config [CONFIG.yaml] [key=value ...]  print the resolved config (and --docs)
 
 Other packages add subcommands through the ``metarl.commands`` entry-point group (a
@@ -44,6 +47,44 @@ def _parser(plugins: dict) -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--checkpoint", default="latest", help="checkpoint file (default: latest)")
     e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.tasks=500")
+    a = sub.add_parser(
+        "adapt-eval",
+        help="return/success before and after each adaptation step on held-out tasks",
+        description="Few-shot adaptation curves of a run (maml: gradient steps; rl2: episodes of "
+        "a trial; ppo: fine-tuning steps), mean ± 95% CI over tasks and seeds; writes "
+        "adapt_eval.json, adapt_eval.md and plots/adapt_eval.png into the run directory.",
+    )
+    a.add_argument("run_dir")
+    a.add_argument("--tasks", default="test", choices=["train", "test"], help="task split")
+    a.add_argument(
+        "--num-tasks", type=int, default=None, help="how many tasks (default: eval.tasks)"
+    )
+    a.add_argument("--steps", default="1", help="'S' (steps 0..S) or 'A..B' (default: 1)")
+    a.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="support episodes per task and step (default: meta.episodes_per_task); "
+        "rl2: trials per task",
+    )
+    a.add_argument("--seeds", type=int, default=3, help="rollout seeds (default: 3)")
+    a.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add a fine-tuned multi-task PPO policy and a from-scratch init, same samples",
+    )
+    a.add_argument(
+        "--multitask",
+        default=None,
+        metavar="RUN_DIR",
+        help="PPO run to use as the multi-task baseline (default: find or train one under "
+        "RUN_DIR/baselines with the run's env-step budget)",
+    )
+    a.add_argument(
+        "--inner-lr", type=float, default=None, help="fine-tuning lr (default: meta.inner_lr)"
+    )
+    a.add_argument("--finetune-objective", default="vpg", choices=["vpg", "ppo"])
+    a.add_argument("--checkpoint", default="latest", help="checkpoint file (default: latest)")
     c = sub.add_parser("config", help="print the resolved training config")
     c.add_argument("config", nargs="?")
     c.add_argument("overrides", nargs="*")
@@ -80,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
             return 0
+        if args.command == "adapt-eval":
+            return _adapt_eval(args, runner)
         if args.command == "train":
             path, overrides = _split_config_arg(args.config, args.overrides)
             run = runner.train(path, overrides)
@@ -104,11 +147,54 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _adapt_eval(args: argparse.Namespace, runner) -> int:
+    from .meta.adaptation import parse_steps
+
+    try:
+        steps = parse_steps(args.steps)
+    except ValueError as e:
+        print(f"metarl adapt-eval: {e}", file=sys.stderr)
+        return 2
+    if args.multitask is not None and not args.baselines:
+        print("metarl adapt-eval: --multitask needs --baselines", file=sys.stderr)
+        return 2
+    results = runner.adapt_evaluate(
+        args.run_dir,
+        split=args.tasks,
+        steps=steps,
+        episodes=args.episodes,
+        seeds=args.seeds,
+        num_tasks=args.num_tasks,
+        baselines=args.baselines,
+        multitask=args.multitask,
+        inner_lr=args.inner_lr,
+        finetune_objective=args.finetune_objective,
+        checkpoint=args.checkpoint,
+    )
+    print(runner.adapt_eval_markdown(results))
+    print(f"wrote {results['run']}/adapt_eval.json, adapt_eval.md and plots/adapt_eval.png")
+    return 0
+
+
 def format_results(results: dict) -> str:
     """The evaluation summary as a few readable lines."""
 
     def ci(d: dict) -> str:
         return f"{d['mean']:8.3f} ± {d['ci95']:.3f}"
+
+    if results.get("algo") == "maml":  # adaptation curve: one line per inner step
+        lines = [
+            f"evaluation: {results['family']} ({results['meta_algo']}), {results['tasks']} "
+            f"{results['split']} tasks x {len(results['seeds'])} seeds, {results['episodes']} "
+            "episodes per step, mean ± 95% CI"
+        ]
+        for i, step in enumerate(results["steps"]):
+            gain = f"   gain {ci(results['improvement'][i])}" if step else ""
+            lines.append(
+                f"  after {step} steps: return {ci(results['return'][i])}   "
+                f"success {ci(results['success'][i])}{gain}"
+            )
+        return "\n".join(lines)
 
     lines = [
         f"evaluation: {results['family']} ({results['algo']}), {results['tasks']} "

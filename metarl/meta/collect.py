@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.utils._pytree as pytree
@@ -170,13 +171,26 @@ def collect_tasks(
     generator: torch.Generator | None = None,
     deterministic: bool = False,
     vectorize: bool = True,
+    envs: gym.vector.VectorEnv | None = None,
 ) -> Trajectory:
     """A ``(num_steps, N·B)`` trajectory of ``tasks`` (``B = envs_per_task``), acting with the
     policy's own parameters, or with ``params`` stacked over tasks (task ``i`` uses
-    ``params[name][i]``). Task ids are the task's position in ``tasks``."""
+    ``params[name][i]``). Task ids are the task's position in ``tasks``.
+
+    ``envs``: a vector env already built for exactly these tasks
+    (``family.make_vector_env(tasks, envs_per_task)``), reused and left open; support and query of
+    one meta-batch share one (building Meta-World envs costs ~0.2 s each). Every sub-env is reset
+    with ``seed + its index`` either way, so reusing one gives the same trajectories."""
     n = len(tasks)
     device = next(policy.parameters()).device
-    envs = family.make_vector_env(list(tasks), envs_per_task=envs_per_task, seed=seed)
+    owned = envs is None
+    if owned:
+        envs = family.make_vector_env(list(tasks), envs_per_task=envs_per_task, seed=seed)
+    elif envs.num_envs != n * envs_per_task:
+        raise ValueError(
+            f"envs has {envs.num_envs} sub-envs; {n} tasks x {envs_per_task} envs need "
+            f"{n * envs_per_task}"
+        )
     task_ids = torch.arange(n).repeat_interleave(envs_per_task)
     kw = dict(generator=generator, task_ids=task_ids, device=device)
     try:
@@ -188,4 +202,17 @@ def collect_tasks(
         rollout.new_trial(seed=seed)
         return rollout.collect(num_steps, deterministic=deterministic)
     finally:
-        envs.close()
+        if owned:
+            envs.close()
+
+
+def episode_success_any(traj: Trajectory) -> list[float]:
+    """For each episode that ended within ``traj`` (in order of its end step): 1.0 if
+    ``success`` held at any of its steps in this trajectory, else 0.0 (Meta-World's criterion)."""
+    running = torch.zeros(traj.B, dtype=torch.bool, device=traj.success.device)
+    dones, out = traj.dones, []
+    for t in range(traj.T):
+        running = running | traj.success[t].bool()
+        out.extend(running[dones[t]].double().tolist())
+        running = running & ~dones[t]
+    return out

@@ -1,6 +1,7 @@
-"""Meta-training and adaptation evaluation for the gradient meta-learners, in one place.
+"""Meta-training for the gradient meta-learners: :class:`MetaTrainer` (resumable, one outer
+iteration per :meth:`~MetaTrainer.step`) and :func:`train_meta`, a loop over it.
 
-One outer iteration (``train_meta``):
+One outer iteration:
 
 1. sample ``meta_batch_size`` training tasks;
 2. collect support trajectories with θ (``episodes_per_task`` envs per task), or, with
@@ -10,9 +11,10 @@ One outer iteration (``train_meta``):
 4. take the outer step: Adam/SGD on the meta-gradient (plus the learned inner lrs' Adam), or a
    TRPO step on the query surrogate with a KL bound (MAML-TRPO).
 
-Each iteration logs a :class:`MetaIterationStats` row: returns before and after adaptation, the
-losses, the KL between the adapted policies before and after the update, the meta-gradient norm
-and steps per second.
+Support, resampled support and query of one iteration share one vector env (reset with the
+iteration's seeds before each collection). Each iteration logs a :class:`MetaIterationStats` row:
+returns and success before and after adaptation, the losses, the KL between the adapted policies
+before and after the update, the meta-gradient norm and steps per second.
 """
 
 from __future__ import annotations
@@ -25,15 +27,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from metarl.tasks import Task, TaskFamily
+from metarl.tasks import TaskFamily
 from ssm.policy import SequencePolicy
 
-from . import functional as F
 from .base import probe_second_order
 from .batch import TaskBatch
-from .collect import collect_tasks
+from .collect import collect_tasks, episode_success_any
 from .config import MetaConfig
-from .learners import IMAML, MAML, MetaLearner, Reptile, make_learner
+from .learners import MAML, MetaLearner, Reptile, make_learner
 from .trpo import trpo_step
 
 
@@ -50,9 +51,9 @@ class MetaIterationStats:
     post_return: float
     """mean episode return of the query trajectories (after adaptation)"""
     pre_success: float
-    """mean final-step success of the support episodes"""
+    """fraction of support episodes that succeeded at any step"""
     post_success: float
-    """mean final-step success of the query episodes"""
+    """fraction of query episodes that succeeded at any step"""
     outer_loss: float
     """mean query surrogate loss before the update (NaN for Reptile)"""
     inner_loss: float
@@ -89,16 +90,53 @@ def _inner_lr_mean(learner: MetaLearner) -> float:
     return float(torch.cat([v.detach().reshape(-1) for v in lrs.values()]).mean())
 
 
-class _Collector:
-    """Collects meta-batches for one run: seeds derive from the run seed and the iteration."""
+def task_seed(seed: int, iteration: int) -> int:
+    """The seed of outer iteration ``iteration``'s tasks and envs (a function of the run seed and
+    the iteration only, so a resumed run draws the same meta-batches)."""
+    return seed * 1_000_003 + iteration * 101
 
-    def __init__(self, policy, family, config: MetaConfig, generator: torch.Generator):
-        self.policy, self.family, self.config, self.gen = policy, family, config, generator
+
+class MetaTrainer:
+    """Gradient meta-training as a resumable object: :meth:`step` runs one outer iteration.
+
+    Every iteration draws its tasks and env seeds from ``(config.seed, iteration)``
+    (:func:`task_seed`) and its action samples from one generator. :meth:`state_dict` holds
+    everything that changes between iterations: the parameters, the learned inner lrs, the
+    outer optimisers' moments, the generator and the counters, so a resumed run continues
+    bit-for-bit on CPU (tested through the runner).
+
+    A non-finite loss, meta-gradient or parameter raises ``FloatingPointError`` naming it,
+    before the counters move (the runner then keeps the last good checkpoint).
+    """
+
+    def __init__(self, policy: SequencePolicy, family: TaskFamily, config: MetaConfig):
+        self.policy, self.family, self.config = policy, family, config
+        self.learner = make_learner(policy, config)
+        self.generator = torch.Generator().manual_seed(config.seed)
         self.num_steps = config.num_steps or family.max_episode_steps
-        self.steps = 0
+        named = self.learner.named_parameters()
+        self.optimizer: torch.optim.Optimizer | None = None
+        if config.outer == "adam":
+            self.optimizer = torch.optim.Adam(named.values(), lr=config.outer_lr)
+        elif config.outer == "sgd":
+            self.optimizer = torch.optim.SGD(named.values(), lr=config.outer_lr)
+        elif config.baseline == "critic":  # trpo: the critic head gets its own Adam
+            head = [named["value.weight"], named["value.bias"]]
+            self.optimizer = torch.optim.Adam(head, lr=config.outer_lr)
+        self.lr_optimizer: torch.optim.Optimizer | None = None
+        if isinstance(self.learner, MAML) and self.learner.lrs is not None:
+            self.lr_optimizer = torch.optim.Adam(
+                self.learner.lrs.values(), lr=config.lr_learning_rate
+            )
+        self.iterations = config.iterations
+        self.iteration, self.global_step, self._elapsed = 0, 0, 0.0
 
-    def __call__(self, tasks: Sequence[Task], seed: int, params=None):
-        traj = collect_tasks(
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.iterations
+
+    def _collect(self, tasks, envs, seed: int, params=None):
+        return collect_tasks(
             self.policy,
             self.family,
             tasks,
@@ -106,77 +144,66 @@ class _Collector:
             self.num_steps,
             seed,
             params=params,
-            generator=self.gen,
+            generator=self.generator,
             vectorize=self.config.vectorize,
+            envs=envs,
         )
-        self.steps += traj.T * traj.B
-        return traj
 
-
-def train_meta(
-    policy: SequencePolicy,
-    family: TaskFamily,
-    config: MetaConfig,
-    log: Callable[[MetaIterationStats], None] | None = None,
-) -> list[MetaIterationStats]:
-    """Meta-train ``policy`` on ``family``'s train tasks with the learner ``config.algo`` names;
-    returns the per-iteration stats (the learner is built with :func:`make_learner`)."""
-    learner = make_learner(policy, config)
-    gen = torch.Generator().manual_seed(config.seed)
-    collect = _Collector(policy, family, config, gen)
-    named = learner.named_parameters()
-    optimizer: torch.optim.Optimizer | None = None
-    if config.outer == "adam":
-        optimizer = torch.optim.Adam(named.values(), lr=config.outer_lr)
-    elif config.outer == "sgd":
-        optimizer = torch.optim.SGD(named.values(), lr=config.outer_lr)
-    elif config.baseline == "critic":  # trpo: the critic head gets its own Adam
-        head = [named["value.weight"], named["value.bias"]]
-        optimizer = torch.optim.Adam(head, lr=config.outer_lr)
-    lr_optimizer = None
-    if isinstance(learner, MAML) and learner.lrs is not None:
-        lr_optimizer = torch.optim.Adam(learner.lrs.values(), lr=config.lr_learning_rate)
-    n, k_steps = config.meta_batch_size, config.inner_steps
-    history: list[MetaIterationStats] = []
-    start = time.perf_counter()
-    for it in range(1, config.iterations + 1):
-        seed = config.seed * 1_000_003 + it * 101
-        tasks = family.sample(n, split="train", seed=seed)
+    def step(self) -> MetaIterationStats:
+        """One outer iteration: support -> adapt -> query -> outer step (module docstring)."""
+        config, learner, it = self.config, self.learner, self.iteration + 1
+        start = time.perf_counter() - self._elapsed
+        n, k_steps = config.meta_batch_size, config.inner_steps
+        seed = task_seed(config.seed, it)
+        tasks = self.family.sample(n, split="train", seed=seed)
         first_order = getattr(learner, "first_order", True) or it <= config.first_order_iters
         theta = learner.params()
+        _check_finite_params(theta, it)
 
-        # -- support and query --------------------------------------------------------------
-        pre = collect(tasks, seed)
-        supports: TaskBatch | list[TaskBatch] = learner.prepare(pre, n)
-        if config.resample_support:
-            supports, phi = [supports], None
-            for k in range(1, k_steps):
-                phi = learner.adapt_tasks(theta, supports, steps=k)
-                supports.append(learner.prepare(collect(tasks, seed + k, phi), n))
-        adapted = learner.adapt_tasks(theta, supports)
-        post = collect(tasks, seed + k_steps, adapted)
+        # -- support and query (one vector env for all of them) -----------------------------
+        envs = self.family.make_vector_env(tasks, envs_per_task=config.episodes_per_task)
+        try:
+            pre = self._collect(tasks, envs, seed)
+            supports: TaskBatch | list[TaskBatch] = learner.prepare(pre, n)
+            steps = pre.T * pre.B
+            if config.resample_support:
+                supports = [supports]
+                for k in range(1, k_steps):
+                    phi = learner.adapt_tasks(theta, supports, steps=k)
+                    extra = self._collect(tasks, envs, seed + k, phi)
+                    supports.append(learner.prepare(extra, n))
+                    steps += extra.T * extra.B
+            adapted = learner.adapt_tasks(theta, supports)
+            post = self._collect(tasks, envs, seed + k_steps, adapted)
+            steps += post.T * post.B
+        finally:
+            envs.close()
         query = learner.prepare(post, n)
 
         # -- outer step ---------------------------------------------------------------------
         if config.outer == "trpo":
             stats, grad_norm, kl, accepted = _trpo_update(
-                learner, optimizer, supports, query, first_order, it, config
+                learner, self.optimizer, supports, query, first_order, it, config
             )
         else:
-            assert optimizer is not None
+            assert self.optimizer is not None
             mg = learner.meta_gradient(supports, query, first_order=first_order, iteration=it)
             stats, accepted = mg.stats, None
-            grad_norm = _apply(optimizer, named, mg.grads, config.max_grad_norm)
-            if lr_optimizer is not None and mg.lr_grads is not None:
-                _apply(lr_optimizer, learner.lrs, mg.lr_grads, config.max_grad_norm)
+            grad_norm = _apply(
+                self.optimizer, learner.named_parameters(), mg.grads, config.max_grad_norm
+            )
+            if self.lr_optimizer is not None and mg.lr_grads is not None:
+                _apply(self.lr_optimizer, learner.lrs, mg.lr_grads, config.max_grad_norm)
             kl = _post_update_kl(learner, supports, query)
+        global_step = self.global_step + steps
+        elapsed = time.perf_counter() - start
         row = MetaIterationStats(
             iteration=it,
-            global_step=collect.steps,
+            global_step=global_step,
             pre_return=_mean(pre.episode_returns()),
             post_return=_mean(post.episode_returns()),
-            pre_success=_mean(pre.episode_successes()),
-            post_success=_mean(post.episode_successes()),
+            pre_success=_mean(episode_success_any(pre)),
+            post_success=_mean(episode_success_any(post)),
             outer_loss=stats.get("outer_loss", math.nan),
             inner_loss=stats.get("inner_loss", math.nan),
             value_loss=stats.get("value_loss", math.nan),
@@ -186,12 +213,79 @@ def train_meta(
             vectorized=learner.vectorize,
             trpo_accepted=accepted,
             inner_lr_mean=_inner_lr_mean(learner),
-            steps_per_second=collect.steps / (time.perf_counter() - start),
+            steps_per_second=global_step / elapsed,
         )
         checked = ("grad_norm",) if isinstance(learner, Reptile) else ("grad_norm", "outer_loss")
         for name in checked:
             if not math.isfinite(getattr(row, name)):
                 raise FloatingPointError(f"meta-training: {name} is not finite at iteration {it}")
+        _check_finite_params(learner.params(), it)
+        self.iteration, self.global_step, self._elapsed = it, global_step, elapsed
+        return row
+
+    def state_dict(self) -> dict:
+        lrs = self.learner.lrs if isinstance(self.learner, MAML) else None
+        return {
+            "policy": self.policy.state_dict(),
+            "inner_lrs": {k: v.detach().clone() for k, v in (lrs or {}).items()},
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "lr_optimizer": None if self.lr_optimizer is None else self.lr_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "elapsed": self._elapsed,
+            "vectorized": self.learner.vectorize,
+            "second_order_checked": self.learner._second_order_checked,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        restore_inner_lrs(self.learner, state["inner_lrs"])
+        for opt, key in ((self.optimizer, "optimizer"), (self.lr_optimizer, "lr_optimizer")):
+            if (opt is None) != (state[key] is None):
+                raise ValueError(f"checkpoint {key} does not match this config's outer optimiser")
+            if opt is not None:
+                opt.load_state_dict(state[key])
+        self.generator.set_state(state["generator"])
+        self.iteration, self.global_step = int(state["iteration"]), int(state["global_step"])
+        self._elapsed = float(state["elapsed"])
+        self.learner.vectorize = bool(state["vectorized"])
+        self.learner._second_order_checked = bool(state["second_order_checked"])
+
+
+def restore_inner_lrs(learner: MetaLearner, lrs: dict[str, torch.Tensor]) -> None:
+    """Copy learned inner lrs (``MetaTrainer.state_dict()["inner_lrs"]``) into ``learner`` in
+    place (so an optimiser over them keeps its references)."""
+    own = learner.lrs if isinstance(learner, MAML) else None
+    if set(own or {}) != set(lrs):
+        raise ValueError(
+            f"learned inner lrs {sorted(lrs)} do not match the learner's {sorted(own or {})}"
+        )
+    with torch.no_grad():
+        for k, v in lrs.items():
+            own[k].copy_(v)
+
+
+def _check_finite_params(params: dict[str, torch.Tensor], it: int) -> None:
+    bad = sorted(k for k, v in params.items() if not torch.isfinite(v).all())
+    if bad:
+        raise FloatingPointError(
+            f"meta-training: parameters {bad[:3]} are not finite at iteration {it}"
+        )
+
+
+def train_meta(
+    policy: SequencePolicy,
+    family: TaskFamily,
+    config: MetaConfig,
+    log: Callable[[MetaIterationStats], None] | None = None,
+) -> list[MetaIterationStats]:
+    """Meta-train ``policy`` on ``family``'s train tasks with the learner ``config.algo`` names
+    (a loop over :meth:`MetaTrainer.step`); returns the per-iteration stats."""
+    trainer = MetaTrainer(policy, family, config)
+    history: list[MetaIterationStats] = []
+    while not trainer.done:
+        row = trainer.step()
         history.append(row)
         if log is not None:
             log(row)
@@ -253,75 +347,3 @@ def _post_update_kl(learner: MetaLearner, supports, query: TaskBatch) -> float:
         return math.nan
     with torch.no_grad():
         return float(learner.query_kl(learner.params(), supports, query, first_order=True))
-
-
-def adapt_eval(
-    policy: SequencePolicy,
-    family: TaskFamily,
-    learner: MetaLearner,
-    tasks: Sequence[Task],
-    steps: int = 3,
-    episodes: int = 20,
-    seeds: Sequence[int] = (0,),
-    num_steps: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Returns and success before adaptation and after each of ``1..steps`` inner steps.
-
-    Per seed, all ``tasks`` at once (one ``vmap`` over tasks), as in Finn et al.'s evaluation:
-    ``φ_0 = θ``; for ``s = 0..steps``: sample ``episodes`` episodes per task with ``φ_s`` and
-    record their mean return and success; then ``φ_{s+1}`` is one inner step of the learner on
-    exactly those episodes. The learner's inner lr (learned lrs: the one of step ``s``) is used.
-
-    Returns ``returns`` and ``success`` of shape ``(len(seeds), len(tasks), steps + 1)``.
-    """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if not tasks:
-        raise ValueError("adapt_eval needs at least one task")
-    n = len(tasks)
-    length = num_steps or family.max_episode_steps
-    returns = np.full((len(seeds), n, steps + 1), np.nan)
-    success = np.full((len(seeds), n, steps + 1), np.nan)
-    theta = learner.params()
-    for si, seed in enumerate(seeds):
-        gen = torch.Generator().manual_seed(seed)
-        phi = None
-        for s in range(steps + 1):
-            traj = collect_tasks(
-                policy,
-                family,
-                tasks,
-                episodes,
-                length,
-                seed * 7919 + s,
-                phi,
-                generator=gen,
-                vectorize=learner.vectorize,
-            )
-            returns[si, :, s], success[si, :, s] = _per_task_episode_stats(traj, n)
-            if s == steps:
-                break
-            batch = learner.prepare(traj, n)
-            start = F.detach(
-                {k: v.expand(n, *v.shape) for k, v in theta.items()} if phi is None else phi
-            )
-
-            def one(p, b, s=s):
-                anchor = theta if isinstance(learner, IMAML) else None
-                return F.detach(learner.inner_step(p, b, s, anchor=anchor))
-
-            with torch.no_grad():
-                phi = learner._map(one, (start, batch), (0, 0))
-    return {"returns": returns, "success": success, "steps": np.arange(steps + 1)}
-
-
-def _per_task_episode_stats(traj, n_tasks: int) -> tuple[np.ndarray, np.ndarray]:
-    per = traj.B // n_tasks
-    rets, succ = np.zeros(n_tasks), np.zeros(n_tasks)
-    for i in range(n_tasks):
-        sub = traj[list(range(i * per, (i + 1) * per))]
-        rets[i] = _mean(sub.episode_returns())
-        succ[i] = _mean(sub.episode_successes())
-    return rets, succ
