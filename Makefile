@@ -1,4 +1,4 @@
-# Two commands for a new machine (see README):  `make bench`  and  `make test`.
+# Two commands for a new machine (see README):  `make run`  and  `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 # On CPU-only machines torch==2.13.0 resolves to a local CPU build and no CUDA wheels are pulled.
@@ -6,15 +6,18 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup bench test lint
+.PHONY: setup run bench test lint
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,metaworld,mujoco,wandb]"
+	$(PY) -m pip install -q -e ".[dev,metaworld,mujoco,wandb,marl]"
 	touch $@
+
+run: setup
+	$(VENV)/bin/metarl train experiments/configs/quickstart.yaml
 
 bench: setup
 	$(PY) experiments/bench_ssm.py
