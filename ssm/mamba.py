@@ -17,7 +17,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from . import backend as _backend
@@ -153,7 +152,7 @@ class Mamba(SequenceLayer):
                 return out, (conv_new, ssm_new)
         xin, z = self.in_proj(x).chunk(2, dim=-1)  # (B E) each
         conv_state = torch.cat([conv_state[..., 1:], xin[..., None]], dim=-1)  # (B E K)
-        w = rearrange(self.conv1d.weight, "e 1 k -> e k")
+        w = self.conv1d.weight.squeeze(1)  # (E 1 K) -> (E K)
         xc = F.silu((conv_state * w).sum(-1) + self.conv1d.bias)  # (B E)
         dt, b, c = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], -1)
         dt = F.softplus(self.dt_proj(dt))  # (B E)

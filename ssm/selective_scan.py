@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
 from torch import Tensor
 
 from . import backend as _backend
@@ -113,13 +112,13 @@ def selective_scan_ref(
     is_variable_B, is_variable_C = B.dim() >= 3, C.dim() >= 3
     if A.is_complex():
         if is_variable_B:
-            B = torch.view_as_complex(rearrange(B, "... (L two) -> ... L two", two=2).contiguous())
+            B = torch.view_as_complex(B.unflatten(-1, (-1, 2)).contiguous())  # (.. 2L)->(.. L 2)
         if is_variable_C:
-            C = torch.view_as_complex(rearrange(C, "... (L two) -> ... L two", two=2).contiguous())
+            C = torch.view_as_complex(C.unflatten(-1, (-1, 2)).contiguous())  # (.. 2L)->(.. L 2)
     if B.dim() == 4:
-        B = repeat(B, "b g n l -> b (g h) n l", h=dim // B.shape[1])
+        B = B.repeat_interleave(dim // B.shape[1], dim=1)  # (b g n l) -> (b (g h) n l)
     if C.dim() == 4:
-        C = repeat(C, "b g n l -> b (g h) n l", h=dim // C.shape[1])
+        C = C.repeat_interleave(dim // C.shape[1], dim=1)  # (b g n l) -> (b (g h) n l)
 
     # Per-step slices come from unbind (one cheap backward for all steps), and each step works on
     # (B, D, N) tensors only: nothing of size B·D·L·N is materialised, in forward or backward.

@@ -23,7 +23,7 @@ CHILD = textwrap.dedent(
     """
     import importlib.abc, json, sys
 
-    BLOCKED = {"gymnasium", "gym", "metaworld", "wandb", "metarl", "mujoco", "yaml", "matplotlib"}
+    BLOCKED = {"gymnasium", "gym", "metaworld", "wandb", "metarl", "mujoco", "yaml", "matplotlib", "einops"}
 
     class Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
