@@ -1,0 +1,254 @@
+"""``SequenceConfig``: one continual run, ``metarl sequence CONFIG.yaml key=value ...``.
+
+The plugins are combined in config: ``regularizer.kind`` (none, l2, ewc, packnet),
+``replay.enabled`` and ``drift.enabled``, with ``boundaries: known`` (the curriculum announces each
+stage) or ``hidden`` (the drift detector decides when a stage ends).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from metarl.ppo import PPOConfig
+from metarl.runner import PolicyConfig, RunConfig
+
+from .drift import ADWINConfig, PageHinkleyConfig
+from .replay import ReplayConfig
+
+__all__ = [
+    "DriftSettings",
+    "PageHinkleySettings",
+    "EvalSettings",
+    "ReferenceSettings",
+    "RegularizerSettings",
+    "ReplaySettings",
+    "SequenceConfig",
+]
+
+
+@dataclass
+class RegularizerSettings:
+    """The regulariser plugin (continual.regularizers / continual.packnet)."""
+
+    kind: Literal["none", "l2", "ewc", "packnet"] = "none"
+    """none (fine-tuning), l2 (anchor), ewc (online EWC) or packnet"""
+    strength: float = 100.0
+    """λ of the l2 / ewc penalty"""
+    ewc_decay: float = 1.0
+    """online-EWC γ: old Fishers are multiplied by it at each consolidation"""
+    fisher: Literal["empirical", "true"] = "empirical"
+    """EWC Fisher: empirical (taken actions) or true (actions sampled from the policy)"""
+    fisher_samples: int = 1
+    """actions drawn per step for the true Fisher"""
+    fisher_iterations: int = 2
+    """the stage's last iterations whose data the Fisher is averaged over"""
+    prune_fraction: float = 0.5
+    """PackNet: share of the free weights released at each stage's end"""
+    retrain_fraction: float = 0.25
+    """PackNet: last share of each stage's iterations trained after pruning (0: prune at the end)"""
+
+
+@dataclass
+class ReplaySettings:
+    """Stage replay with a CLEAR-style distillation loss (continual.distill)."""
+
+    enabled: bool = False
+    """replay chunks of earlier stages"""
+    buffer: ReplayConfig = field(default_factory=ReplayConfig)
+    """the buffer; its 'current' stage is the one finished last (current_fraction of a batch),
+    the older ones share the rest (old_split)"""
+    steps_per_stage: int = 8192
+    """transitions stored per stage: the stage's most recent ones, relabelled at its end"""
+    batch_size: int = 16
+    """replayed chunks per PPO minibatch"""
+    coef: float = 1.0
+    """weight of the replay loss in the total loss"""
+    policy_loss: Literal["kl", "nll"] = "kl"
+    """kl: KL(stored π ‖ π_θ) on the stored distributions; nll: −log π_θ(stored action)"""
+    value_coef: float = 0.5
+    """weight of the value-cloning term (V_θ − V_stored)²"""
+    relabel: bool = True
+    """at a stage's end, set the stored distributions and values to the final policy's"""
+
+
+@dataclass
+class PageHinkleySettings:
+    """``river.drift.PageHinkley`` arguments, with defaults for one value per iteration of the
+    rises of the critic surprise (continual.drift.PageHinkleyConfig has river's defaults, made
+    for long raw streams)."""
+
+    min_instances: int = 5
+    """values seen (since the last detection) before the test may fire"""
+    delta: float = 0.6
+    """δ: tolerated change per value (stream units / scale); on a transformed stream, a jump must
+    exceed it to count, so the noise of learning does not add up"""
+    threshold: float = 0.8
+    """λ: the detection threshold (stream units / scale)"""
+    alpha: float = 1.0
+    """forgetting factor of the cumulative sums"""
+    mode: Literal["up", "down", "both"] = "up"
+    """watch increases (rises and falls are >= 0: up), decreases or both"""
+
+    def detector_config(self) -> PageHinkleyConfig:
+        return PageHinkleyConfig(**dataclasses.asdict(self))
+
+
+@dataclass
+class DriftSettings:
+    """Drift detection on a per-iteration stream (continual.drift)."""
+
+    enabled: bool = False
+    """watch the stream (with boundaries=known only to score the detector)"""
+    stream: Literal["critic_surprise", "log_value_loss", "value_loss", "return"] = "critic_surprise"
+    """critic_surprise: log(value loss) − max(explained variance, −5), both of the critic on the
+    iteration's data (unit-free; a new task makes the critic's loss jump and its explained
+    variance drop); log_value_loss, value_loss; return: mean return of the episodes ended in the
+    iteration (use transform=fall)"""
+    detector: Literal["page_hinkley", "adwin"] = "page_hinkley"
+    """the test"""
+    transform: Literal["none", "change", "rise", "fall"] = "rise"
+    """what the test sees: the stream itself (none), its change from the previous iteration
+    (change), only the increases max(Δ, 0) (rise) or only the decreases max(−Δ, 0) (fall). A task
+    switch is one abrupt jump, learning a slow trend; rectified changes keep a big drop (the
+    critic catching up) from dragging the test's running mean down"""
+    page_hinkley: PageHinkleySettings = field(default_factory=PageHinkleySettings)
+    """Page-Hinkley settings"""
+    adwin: ADWINConfig = field(default_factory=ADWINConfig)
+    """ADWIN settings"""
+    scale: float = 1.0
+    """the stream is divided by this before the test (its noise level, say)"""
+    reset_optimizer: bool = True
+    """clear the Adam moments when a detection opens a new stage"""
+    discard_recent: int = 1
+    """iterations before a detection whose data is not credited to the stage that ended"""
+    max_delay_iterations: int | None = None
+    """scoring: a detection later than this after a switch counts as a miss (None: any before
+    the next switch)"""
+
+
+@dataclass
+class EvalSettings:
+    """Evaluation of every stage's tasks, giving the curves and R[i, j]."""
+
+    every_iterations: int = 5
+    """evaluate every this many iterations within a stage (and at every stage's start and end)"""
+    episodes: int = 2
+    """episodes per task entry (spread over its task specs)"""
+    deterministic: bool = True
+    """act with the distribution's mode"""
+    seed: int = 12345
+    """env seed of every evaluation (the same each time, so curves compare like with like)"""
+
+
+@dataclass
+class ReferenceSettings:
+    """Single-task reference curves for forward transfer."""
+
+    mode: Literal["none", "run", "file"] = "none"
+    """none: no forward transfer; run: train each stage alone from scratch with the same budget;
+    file: read reference curves from `path`"""
+    path: str | None = None
+    """mode=file: the JSON to read; mode=run: a cache file shared between runs (None: none)"""
+
+
+@dataclass
+class SequenceConfig:
+    """One continual run through a curriculum: ``metarl sequence CONFIG.yaml key=value ...``."""
+
+    curriculum: str = "nav2d_quadrants"
+    """a shipped curriculum name (curricula.available_curricula()) or a YAML path"""
+    stage_steps: int | None = None
+    """override every stage's duration (env steps); None: the curriculum's"""
+    max_stages: int | None = None
+    """run only the first this many stages; None: all"""
+    seed: int = 1
+    """the run's one seed (overrides ppo.seed)"""
+    algo: Literal["ppo", "rl2"] = "ppo"
+    """ppo: episodic PPO on the stage's tasks; rl2: in-context PPO over trials (RL²)"""
+    episodes_per_trial: int = 2
+    """RL²: episodes of one task per trial"""
+    boundaries: Literal["known", "hidden"] = "known"
+    """known: stages end when the curriculum says; hidden: when the drift detector fires"""
+    reset_optimizer: bool = False
+    """clear the Adam moments at each known stage boundary"""
+    async_envs: bool = False
+    """step the training and evaluation envs in subprocesses (worth it for Meta-World on many
+    cores)"""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """the sequence policy"""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO settings; total_steps, anneal_lr and seed are unused (stage budgets come from the
+    curriculum, the learning rate is constant: a continual learner has no end to anneal to, and
+    the seed is `seed`)"""
+    regularizer: RegularizerSettings = field(default_factory=RegularizerSettings)
+    """the regulariser plugin"""
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
+    """the replay plugin"""
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    """the drift-detection plugin"""
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    """evaluation of every task along the sequence"""
+    reference: ReferenceSettings = field(default_factory=ReferenceSettings)
+    """single-task reference for forward transfer"""
+    run: RunConfig = field(default_factory=RunConfig)
+    """run directory (name default: the curriculum's) and checkpoints: one at every stage end,
+    plus one every run.checkpoint_every iterations within stages (0: none)"""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent setting."""
+        p, r = self.ppo, self.regularizer
+        if p.num_envs % p.num_minibatches:
+            raise ValueError("ppo.num_minibatches must divide ppo.num_envs (whole sequences)")
+        for name, value in (("stage_steps", self.stage_steps), ("max_stages", self.max_stages)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        if self.episodes_per_trial < 1:
+            raise ValueError(f"episodes_per_trial must be >= 1, got {self.episodes_per_trial}")
+        if r.strength < 0:
+            raise ValueError(f"regularizer.strength must be >= 0, got {r.strength}")
+        if not 0.0 <= r.ewc_decay <= 1.0:
+            raise ValueError(f"regularizer.ewc_decay must be in [0, 1], got {r.ewc_decay}")
+        if r.fisher_iterations < 1 or r.fisher_samples < 1:
+            raise ValueError("regularizer.fisher_iterations and fisher_samples must be >= 1")
+        if not 0.0 <= r.prune_fraction <= 1.0 or not 0.0 <= r.retrain_fraction < 1.0:
+            raise ValueError(
+                "regularizer.prune_fraction must be in [0, 1], retrain_fraction [0, 1)"
+            )
+        if r.kind == "packnet" and self.boundaries == "hidden":
+            raise ValueError(
+                "regularizer.kind=packnet needs boundaries=known: it prunes and retrains at the "
+                "end of each stage, which a detection only reveals after the next task began"
+            )
+        if self.boundaries == "hidden" and not self.drift.enabled:
+            raise ValueError(
+                "boundaries=hidden needs drift.enabled=true (the detector ends stages)"
+            )
+        rp = self.replay
+        if rp.enabled:
+            rp.buffer.validate()
+            if rp.steps_per_stage < rp.buffer.chunk_len:
+                raise ValueError("replay.steps_per_stage must hold at least one chunk")
+            if rp.buffer.capacity < rp.steps_per_stage:
+                raise ValueError("replay.buffer.capacity must be >= replay.steps_per_stage")
+            if rp.batch_size < 1 or rp.coef < 0 or rp.value_coef < 0:
+                raise ValueError("replay.batch_size must be >= 1, coef and value_coef >= 0")
+            if rp.buffer.chunk_len > p.num_steps and self.algo == "ppo":
+                raise ValueError(
+                    f"replay chunks (burn_in + seq_len = {rp.buffer.chunk_len}) must fit in one "
+                    f"PPO sequence (ppo.num_steps = {p.num_steps})"
+                )
+        d = self.drift
+        if d.scale <= 0 or d.discard_recent < 0:
+            raise ValueError("drift.scale must be > 0 and drift.discard_recent >= 0")
+        e = self.eval
+        if e.every_iterations < 1 or e.episodes < 1:
+            raise ValueError("eval.every_iterations and eval.episodes must be >= 1")
+        if self.reference.mode == "file" and not self.reference.path:
+            raise ValueError("reference.mode=file needs reference.path")
+        if self.run.checkpoint_every < 0:
+            raise ValueError("run.checkpoint_every must be >= 0")

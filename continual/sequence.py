@@ -1,0 +1,592 @@
+"""Running a continual learner through a curriculum: a config in, a run directory out.
+
+The harness owns the curriculum's clock: at every stage boundary it switches the learner's envs
+to the next stage's tasks (the learner is told only when ``boundaries: known``), it evaluates every
+stage's tasks at the run's start, every ``eval.every_iterations`` within each stage and at each
+stage's end (curves ``p_j(t)``; the end-of-stage rows give ``R[i, j]``), and it scores the drift
+detector against the true switches. Run directory (:class:`metarl.run_dir.RunDir`)::
+
+    config.yaml, meta.json        the config snapshot and provenance
+    metrics.jsonl                 one row per iteration (PPO and plugin diagnostics), one per eval
+    results.json                  R, curves, eval steps, detections, metrics (CW + detection)
+    metrics.md                    the metrics table
+    plots/R.png, plots/curves.png R heatmap, per-task curves with the stage boundaries
+    reference.json                single-task reference curves (reference.mode=run)
+    checkpoints/                  learner (params, Adam, generator, regulariser, replay buffer,
+                                  drift detector, pending data), harness state, global RNGs
+    status.json                   running / stopped / finished / diverged
+
+**Resume.** A checkpoint is written at every stage end and, with ``run.checkpoint_every``, every so
+many iterations within a stage. Resuming from a stage-end checkpoint continues bit-for-bit on CPU
+(the next stage starts fresh episodes with seeds that depend only on the stage). Resuming from a
+mid-stage checkpoint restores everything but the episodes in progress (gymnasium envs cannot be
+saved), which restart with a seed derived from the iteration: the run continues from the same
+parameters and buffers but is not bit-identical to an uninterrupted one.
+
+**Reference.** ``reference.mode=run`` trains each stage alone from scratch (same seed, policy,
+PPO settings and budget, no plugins) and evaluates it on the same schedule; its curves give
+forward transfer. They are cached in ``reference.path`` (keyed by everything that determines
+them), so runs that share a seed and budget share one reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from curricula import BuiltCurriculum, Curriculum, StageSchedule, load_curriculum
+from metarl.config import config_to_dict, load_config, write_atomic
+from metarl.run_dir import RunDir, capture_rng_state, restore_rng_state
+from metarl.runner import seed_everything
+from ssm.policy import SequencePolicy
+
+from . import metrics as cw
+from .config import SequenceConfig
+from .evaluation import SequenceEvaluator
+from .learner import ContinualLearner
+from .packnet import PackNet
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "STATUS_FILE",
+    "SequenceDiverged",
+    "SequenceResult",
+    "build_policy",
+    "metrics_table",
+    "prepare_curriculum",
+    "resume_sequence",
+    "run_sequence",
+]
+
+STATUS_FILE = "status.json"
+RESULTS_FILE = "results.json"
+TABLE_FILE = "metrics.md"
+REFERENCE_FILE = "reference.json"
+HARNESS_SCHEMA_VERSION = 1
+
+
+class SequenceDiverged(RuntimeError):
+    """A loss became NaN or inf; the run stopped and its last good checkpoint was kept."""
+
+
+@dataclass
+class SequenceResult:
+    """What a finished (or stopped) run produced."""
+
+    status: str
+    """finished or stopped"""
+    summary: dict[str, Any]
+    """the headline metrics (also in results.json)"""
+    results: dict[str, Any]
+    """everything in results.json"""
+    run: RunDir | None
+    """the run directory (None for in-memory runs, e.g. reference runs)"""
+
+
+def prepare_curriculum(cfg: SequenceConfig) -> Curriculum:
+    """The config's curriculum with its stage_steps / max_stages overrides applied."""
+    curriculum = load_curriculum(cfg.curriculum)
+    if cfg.max_stages is not None:
+        curriculum = curriculum.first_stages(min(cfg.max_stages, len(curriculum.stages)))
+    if cfg.stage_steps is not None:
+        curriculum = curriculum.with_stage_steps(cfg.stage_steps)
+    return curriculum
+
+
+def build_policy(cfg: SequenceConfig, built: BuiltCurriculum) -> SequencePolicy:
+    p = cfg.policy
+    return SequencePolicy(
+        built.observation_space,
+        built.action_space,
+        kind=p.kind,
+        d_model=p.d_model,
+        n_layers=p.n_layers,
+        in_context=cfg.algo == "rl2",
+        box_head=p.box_head,
+        encoder_hidden=p.encoder_hidden,
+        layer_kwargs=dict(p.layer),
+    )
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def run_sequence(
+    config: SequenceConfig | str | Path | None = None,
+    overrides: Iterable[str] = (),
+    run: RunDir | None = None,
+    write: bool = True,
+) -> SequenceResult:
+    """Run a config (a :class:`SequenceConfig`, or a YAML path plus dotted ``overrides``) into a
+    new run directory under ``run.root`` (``write=False``: in memory, nothing written)."""
+    if isinstance(config, SequenceConfig):
+        cfg = config
+        if overrides:
+            cfg = load_config(SequenceConfig, config_to_dict(config), overrides)
+    else:
+        cfg = load_config(SequenceConfig, config, overrides)
+    curriculum = prepare_curriculum(cfg)
+    if run is None and write:
+        name = cfg.run.name or curriculum.name
+        run = RunDir.create(cfg.run.root, name, cfg, cfg.seed)
+    return _Harness(cfg, curriculum, run).execute()
+
+
+def resume_sequence(run_dir: str | Path, overrides: Iterable[str] = ()) -> SequenceResult:
+    """Continue a run from its latest checkpoint (``overrides`` may change only ``run.*``)."""
+    run = RunDir.open(run_dir)
+    overrides = list(overrides)
+    for o in overrides:
+        if not o.startswith("run."):
+            raise ValueError(f"resume override {o!r} would change the experiment; only run.*")
+    cfg = run.load_config(SequenceConfig, overrides)
+    curriculum = prepare_curriculum(cfg)
+    state = None
+    if run.checkpoints():
+        state = run.load_checkpoint("latest")
+    else:  # killed before the first checkpoint: start over in the same directory
+        run.rewind_metrics(-1)
+    return _Harness(cfg, curriculum, run).execute(state)
+
+
+# --- the harness ------------------------------------------------------------------------------
+
+
+class _Harness:
+    def __init__(
+        self,
+        cfg: SequenceConfig,
+        curriculum: Curriculum,
+        run: RunDir | None,
+        built: BuiltCurriculum | None = None,
+    ):
+        self.cfg, self.curriculum, self.run = cfg, curriculum, run
+        self.built = built if built is not None else curriculum.build()
+
+    def _stage_seed(self, stage: int, iteration: int) -> int:
+        return self.cfg.seed * 1_000_003 + 100_003 * (stage + 1) + iteration
+
+    def execute(self, state: dict | None = None) -> SequenceResult:
+        cfg, curriculum, built = self.cfg, self.curriculum, self.built
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        seed_everything(cfg.seed)
+        policy = build_policy(cfg, built)
+        learner = ContinualLearner(policy, cfg, built.max_episode_steps)
+        schedule = StageSchedule.from_curriculum(curriculum, learner.steps_per_iteration)
+        evaluator = SequenceEvaluator(
+            built,
+            cfg.eval.episodes,
+            cfg.eval.seed,
+            cfg.eval.deterministic,
+            in_context=cfg.algo == "rl2",
+            episodes_per_trial=cfg.episodes_per_trial,
+            asynchronous=cfg.async_envs,
+        )
+        self.learner, self.schedule, self.evaluator = learner, schedule, evaluator
+        self._eval_policy: SequencePolicy | None = None
+        h = {"stage": 0, "stage_iteration": 0, "points": [], "elapsed": 0.0}
+        if state is not None:
+            if state.get("schema_version") != HARNESS_SCHEMA_VERSION:
+                raise ValueError("checkpoint harness schema_version is not supported")
+            learner.load_state_dict(state["learner"])
+            h = dict(state["harness"])
+            h["points"] = list(h["points"])
+            restore_rng_state(state["rng"])
+            if self.run is not None:
+                self.run.rewind_metrics(learner.global_step)
+            log.info("resumed at stage %d, iteration %d", h["stage"], h["stage_iteration"])
+        self.h = h
+        started = time.perf_counter() - h["elapsed"]
+        self._status("running")
+        ran = 0
+        try:
+            if not h["points"]:
+                self._evaluate(0, 0)
+            while h["stage"] < schedule.num_stages:
+                s = h["stage"]
+                names = curriculum.stages[s].tasks
+                assignments = built.assignments(names, cfg.ppo.num_envs)
+                envs = built.vector_env(
+                    assignments,
+                    seed=self._stage_seed(s, h["stage_iteration"]),
+                    asynchronous=cfg.async_envs,
+                )
+                learner.set_envs(
+                    envs, built.task_ids(assignments), self._stage_seed(s, h["stage_iteration"])
+                )
+                n = schedule.iterations[s]
+                prune_at = self._prune_iteration(n)
+                while h["stage_iteration"] < n:
+                    if cfg.run.stop_after is not None and ran >= cfg.run.stop_after:
+                        h["elapsed"] = time.perf_counter() - started
+                        self._status("stopped")
+                        return self._finish("stopped")
+                    reg = learner.regularizer
+                    if h["stage_iteration"] == prune_at and not getattr(reg, "pruned", True):
+                        learner.prune()
+                    try:
+                        row = learner.step()
+                    except FloatingPointError as e:
+                        self._status("diverged", str(e))
+                        raise SequenceDiverged(str(e)) from e
+                    ran += 1
+                    h["stage_iteration"] += 1
+                    if self.run is not None:
+                        self.run.log_metrics(learner.global_step, stage=s, **row)
+                    last = h["stage_iteration"] == n
+                    if last and cfg.boundaries == "known":
+                        learner.end_stage()
+                        learner.start_stage()
+                    if last or h["stage_iteration"] % cfg.eval.every_iterations == 0:
+                        self._evaluate(s, h["stage_iteration"])
+                    if last:
+                        h["stage"], h["stage_iteration"] = s + 1, 0
+                        log.info(
+                            "stage %d/%d (%s) done at step %d: scores %s",
+                            s + 1,
+                            schedule.num_stages,
+                            curriculum.stages[s].name,
+                            learner.global_step,
+                            np.round(h["points"][-1]["scores"], 3).tolist(),
+                        )
+                    if last or (
+                        cfg.run.checkpoint_every
+                        and learner.iteration % cfg.run.checkpoint_every == 0
+                    ):
+                        h["elapsed"] = time.perf_counter() - started
+                        self._checkpoint()
+                    if last:
+                        break
+            h["elapsed"] = time.perf_counter() - started
+            result = self._finish("finished")
+            self._status("finished")
+            return result
+        finally:
+            evaluator.close()
+            if learner.rollout is not None:
+                learner.rollout.envs.close()
+
+    def _prune_iteration(self, n: int) -> int | None:
+        r = self.cfg.regularizer
+        if r.kind != "packnet" or r.retrain_fraction <= 0:
+            return None
+        at = max(1, n - round(r.retrain_fraction * n))
+        return at if at < n else None
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def _evaluate(self, stage: int, stage_iteration: int) -> None:
+        """Score every stage's tasks now; append a point and log it."""
+        learner, stages = self.learner, self.curriculum.stages
+        groups: dict[int, list[int]] = {}
+        if isinstance(learner.regularizer, PackNet):
+            for j in range(len(stages)):
+                groups.setdefault(min(j, learner.regularizer.task), []).append(j)
+        else:
+            groups[-1] = list(range(len(stages)))
+        scores = [math.nan] * len(stages)
+        tasks: dict[str, dict] = {}
+        for key, cols in groups.items():
+            policy = learner.policy if key < 0 else self._masked_policy(cols[0])
+            names = [t for j in cols for t in stages[j].tasks]
+            out = self.evaluator.evaluate(policy, names)
+            for j in cols:
+                scores[j] = float(np.mean([out[t]["score"] for t in stages[j].tasks]))
+            tasks.update(out)
+        point = {
+            "step": learner.global_step,
+            "iteration": learner.iteration,
+            "stage": stage,
+            "stage_iteration": stage_iteration,
+            "scores": scores,
+            "tasks": tasks,
+        }
+        self.h["points"].append(point)
+        if self.run is not None:
+            row = {f"eval/{st.name}": v for st, v in zip(stages, scores)}
+            self.run.log_metrics(
+                learner.global_step,
+                kind="eval",
+                stage=stage,
+                **row,
+                **{"eval/average": float(np.mean(scores))},
+            )
+
+    def _masked_policy(self, stage: int) -> SequencePolicy:
+        if self._eval_policy is None:
+            self._eval_policy = copy.deepcopy(self.learner.policy)
+        masked = self.learner.evaluation_params(stage)
+        with torch.no_grad():
+            for name, p in self._eval_policy.named_parameters():
+                p.copy_(masked[name])
+        return self._eval_policy
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        if self.run is None:
+            return
+        state = {
+            "schema_version": HARNESS_SCHEMA_VERSION,
+            "learner": self.learner.state_dict(),
+            "harness": dict(self.h),
+            "rng": capture_rng_state(),
+        }
+        self.run.save_checkpoint(
+            self.learner.global_step, state, keep=self.cfg.run.keep_checkpoints
+        )
+
+    def _status(self, status: str, message: str | None = None) -> None:
+        if self.run is None:
+            return
+        body = {
+            "status": status,
+            "stage": self.h["stage"],
+            "stage_iteration": self.h["stage_iteration"],
+            "stages": self.schedule.num_stages,
+            "iteration": self.learner.iteration,
+            "iterations": self.schedule.total_iterations,
+            "global_step": self.learner.global_step,
+            "message": message,
+        }
+        write_atomic(self.run.path / STATUS_FILE, (json.dumps(body, indent=2) + "\n").encode())
+
+    # -- results --------------------------------------------------------------------------------
+    def _finish(self, status: str) -> SequenceResult:
+        cfg, schedule, points = self.cfg, self.schedule, self.h["points"]
+        names = self.curriculum.stage_names
+        n_done = self.h["stage"]
+        results: dict[str, Any] = {
+            "curriculum": self.curriculum.name,
+            "stages": names,
+            "stage_tasks": [list(s.tasks) for s in self.curriculum.stages],
+            "stage_iterations": list(schedule.iterations),
+            "steps_per_iteration": schedule.steps_per_iteration,
+            "boundaries": schedule.boundaries,
+            "boundaries_mode": cfg.boundaries,
+            "eval_steps": [p["step"] for p in points],
+            "curves": np.array([p["scores"] for p in points]).T.tolist(),
+            "points": points,
+            "detections": list(self.learner.detections),
+            "learner_stages": self.learner.stage + (0 if cfg.boundaries == "known" else 1),
+            "wall_time_s": self.h["elapsed"],
+            "global_step": self.learner.global_step,
+            "status": status,
+        }
+        summary: dict[str, Any] = {"stages_done": n_done, "global_step": self.learner.global_step}
+        if status == "finished":
+            R = self._performance_matrix()
+            results["R"] = R.tolist()
+            F, F_i = cw.forgetting(R)
+            summary.update(
+                average_performance=cw.average_performance(R),
+                forgetting=F,
+                forgetting_per_stage=F_i.tolist(),
+            )
+            reference = self._reference()
+            if reference is not None:
+                mine = [self.stage_curve(i) for i in range(len(names))]
+                ft, ft_i = cw.forward_transfer(
+                    [c[1] for c in mine], [r["scores"] for r in reference], [c[0] for c in mine]
+                )
+                summary.update(forward_transfer=ft, forward_transfer_per_stage=ft_i.tolist())
+                results["reference"] = reference
+            if cfg.drift.enabled:
+                summary["detection"] = self._detection_summary()
+        results["summary"] = summary
+        if self.run is not None and status == "finished":
+            self._write_outputs(results)
+        return SequenceResult(status, summary, results, self.run)
+
+    def _performance_matrix(self) -> np.ndarray:
+        ends = {}
+        for p in self.h["points"]:
+            if p["stage_iteration"] == self.schedule.iterations[p["stage"]]:
+                ends[p["stage"]] = p["scores"]
+        return cw.check_performance_matrix([ends[s] for s in range(self.schedule.num_stages)])
+
+    def stage_curve(self, stage: int) -> tuple[list[int], list[float]]:
+        """Stage ``stage``'s score during its own stage: ``(steps since the stage began,
+        scores)``, from the evaluation at its start to the one at its end."""
+        points = self.h["points"]
+        start = self.schedule.start_step(stage)
+        if stage == 0:
+            first = [p for p in points if p["stage"] == 0 and p["stage_iteration"] == 0]
+        else:
+            end_prev = self.schedule.iterations[stage - 1]
+            first = [
+                p for p in points if p["stage"] == stage - 1 and p["stage_iteration"] == end_prev
+            ]
+        inside = [p for p in points if p["stage"] == stage and p["stage_iteration"] > 0]
+        chosen = first[:1] + inside
+        return [p["step"] - start for p in chosen], [p["scores"][stage] for p in chosen]
+
+    def _detection_summary(self) -> dict[str, Any]:
+        spi = self.schedule.steps_per_iteration
+        boundaries = self.schedule.boundaries
+        steps = [d["step"] for d in self.learner.detections]
+        max_delay = self.cfg.drift.max_delay_iterations
+        scores = cw.detection_scores(
+            boundaries, steps, max_delay=None if max_delay is None else max_delay * spi
+        )
+        found = len(boundaries) - scores.missed
+        return {
+            "switches": len(boundaries),
+            "detected": found,
+            "detection_rate": found / len(boundaries) if boundaries else math.nan,
+            "delays_steps": scores.delays,
+            "mean_delay_steps": scores.mean_delay,
+            "mean_delay_iterations": scores.mean_delay / spi,
+            "false_alarms": scores.false_alarms,
+            "false_alarms_per_1M_steps": scores.false_alarms / self.schedule.total_steps * 1e6,
+            "detection_steps": steps,
+        }
+
+    def _write_outputs(self, results: dict[str, Any]) -> None:
+        run = self.run
+        write_atomic(run.path / RESULTS_FILE, (json.dumps(results, indent=1) + "\n").encode())
+        write_atomic(run.path / "R.json", (json.dumps(results["R"]) + "\n").encode())
+        table = metrics_table(results)
+        write_atomic(run.path / TABLE_FILE, table.encode())
+        names = results["stages"]
+        cw.plot_performance_matrix(
+            results["R"], run.plot_dir / "R.png", names, title=f"{self.curriculum.name}: R[i, j]"
+        )
+        cw.plot_task_curves(
+            results["eval_steps"],
+            results["curves"],
+            run.plot_dir / "curves.png",
+            boundaries=results["boundaries"],
+            task_names=names,
+            title=f"{self.curriculum.name}: per-stage score",
+        )
+
+    # -- reference ------------------------------------------------------------------------------
+    def _reference(self) -> list[dict] | None:
+        ref = self.cfg.reference
+        if ref.mode == "none":
+            return None
+        if ref.mode == "file":
+            data = json.loads(Path(ref.path).read_text())
+            by_name = {r["stage"]: r for r in data["stages"]}
+            out = []
+            for i, name in enumerate(self.curriculum.stage_names):
+                if name not in by_name:
+                    raise ValueError(f"reference file {ref.path} has no curve for stage {name!r}")
+                r = by_name[name]
+                if r["steps"] != self.stage_curve(i)[0]:
+                    raise ValueError(
+                        f"reference curve of {name!r} was evaluated at steps {r['steps']}, this "
+                        f"run at {self.stage_curve(i)[0]}: budgets or eval schedules differ"
+                    )
+                out.append(r)
+            return out
+        out = [self._reference_stage(i) for i in range(len(self.curriculum.stages))]
+        if self.run is not None:
+            body = json.dumps({"stages": out}, indent=1) + "\n"
+            write_atomic(self.run.path / REFERENCE_FILE, body.encode())
+        return out
+
+    def _reference_key(self, stage: int) -> str:
+        c = self.cfg
+        stage_def = self.curriculum.stages[stage]
+        material = {
+            "tasks": [dataclasses.asdict(t) for t in self.curriculum.tasks],
+            "task_id_obs": self.curriculum.task_id_obs,
+            "stage_tasks": list(stage_def.tasks),
+            "iterations": self.schedule.iterations[stage],
+            "seed": c.seed,
+            "algo": c.algo,
+            "episodes_per_trial": c.episodes_per_trial,
+            "policy": config_to_dict(c.policy),
+            "ppo": config_to_dict(c.ppo),
+            "eval": config_to_dict(c.eval),
+        }
+        text = json.dumps(material, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def _reference_stage(self, stage: int) -> dict:
+        key = self._reference_key(stage)
+        cache_path = Path(self.cfg.reference.path) if self.cfg.reference.path else None
+        cache = {}
+        if cache_path is not None and cache_path.is_file():
+            cache = json.loads(cache_path.read_text())
+        name = self.curriculum.stages[stage].name
+        if key in cache:
+            return {**cache[key], "stage": name}
+        log.info("reference run for stage %d (%s)", stage, name)
+        sub_cfg = dataclasses.replace(
+            self.cfg,
+            regularizer=dataclasses.replace(self.cfg.regularizer, kind="none"),
+            replay=dataclasses.replace(self.cfg.replay, enabled=False),
+            drift=dataclasses.replace(self.cfg.drift, enabled=False),
+            boundaries="known",
+            reference=dataclasses.replace(self.cfg.reference, mode="none"),
+            run=dataclasses.replace(self.cfg.run, stop_after=None),
+        )
+        sub = _Harness(sub_cfg, self.curriculum.only_stage(stage), None, built=self.built)
+        sub.execute()
+        steps, scores = sub.stage_curve(0)
+        entry = {"stage": name, "steps": steps, "scores": scores}
+        if cache_path is not None:  # re-read: another run may have added entries meanwhile
+            fresh = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+            fresh[key] = {"steps": steps, "scores": scores}
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cache_path, (json.dumps(fresh, indent=1) + "\n").encode())
+        return entry
+
+
+# --- the metrics table ------------------------------------------------------------------------
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    """The run's metrics as markdown: headline numbers, then per-stage R row and forgetting."""
+    s = results["summary"]
+    lines = [
+        f"# {results['curriculum']}: {len(results['stages'])} stages, "
+        f"{results['global_step']:,} env steps, boundaries {results['boundaries_mode']}",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+    ]
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    lines.append(f"| average performance | {fmt(s.get('average_performance'))} |")
+    lines.append(f"| forgetting | {fmt(s.get('forgetting'))} |")
+    lines.append(f"| forward transfer | {fmt(s.get('forward_transfer'))} |")
+    d = s.get("detection")
+    if d:
+        lines.append(f"| switches detected | {d['detected']}/{d['switches']} |")
+        lines.append(
+            f"| mean detection delay | {fmt(d['mean_delay_steps'])} steps "
+            f"({fmt(d['mean_delay_iterations'])} iterations) |"
+        )
+        lines.append(f"| false alarms | {d['false_alarms']} |")
+    lines.append(f"| learner stages | {results['learner_stages']} |")
+    lines.append(f"| wall time | {results['wall_time_s']:.0f} s |")
+    if "R" in results:
+        names = results["stages"]
+        lines += ["", "R[i, j]: score on stage j's tasks after stage i", ""]
+        lines.append("| after \\ task | " + " | ".join(names) + " |")
+        lines.append("| --- " * (len(names) + 1) + "|")
+        for name, row in zip(names, results["R"]):
+            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+        lines += ["", "| stage | forgetting | forward transfer |", "| --- | --- | --- |"]
+        ft = s.get("forward_transfer_per_stage", [None] * len(names))
+        for name, f, t in zip(names, s["forgetting_per_stage"], ft):
+            lines.append(f"| {name} | {fmt(f)} | {fmt(t)} |")
+    return "\n".join(lines) + "\n"

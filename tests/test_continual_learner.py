@@ -1,0 +1,272 @@
+"""The continual learner and its harness on a tiny two-stage nav2d sequence."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from continual.cli import main as cli_main
+from continual.config import SequenceConfig
+from continual.distill import head_kl
+from continual.evaluation import first_episode_stats
+from continual.learner import ContinualLearner
+from continual.sequence import (
+    build_policy,
+    prepare_curriculum,
+    resume_sequence,
+    run_sequence,
+)
+from metarl.config import ConfigError, load_config
+from metarl.run_dir import RunDir
+
+# 2 stages x 3 iterations of 4 envs x 20 steps; a tiny GRU
+TINY = [
+    "curriculum=nav2d_quadrants",
+    "max_stages=2",
+    "stage_steps=240",
+    "policy.kind=gru",
+    "policy.d_model=8",
+    "policy.n_layers=1",
+    "policy.encoder_hidden=8",
+    "policy.box_head=tanh",
+    "ppo.num_envs=4",
+    "ppo.num_steps=20",
+    "ppo.num_minibatches=2",
+    "ppo.update_epochs=1",
+    "eval.every_iterations=2",
+    "eval.episodes=1",
+    "replay.buffer.capacity=2000",
+    "replay.buffer.seq_len=10",
+    "replay.steps_per_stage=160",
+    "replay.batch_size=4",
+    "regularizer.fisher_iterations=1",
+    "run.checkpoint_every=0",
+    "run.threads=1",
+]
+
+PLUGINS = {
+    "finetuning": [],
+    "l2": ["regularizer.kind=l2", "regularizer.strength=1.0"],
+    "ewc": ["regularizer.kind=ewc", "regularizer.strength=10.0"],
+    "packnet": ["regularizer.kind=packnet", "regularizer.retrain_fraction=0.34"],
+    "replay": ["replay.enabled=true"],
+    "ewc+replay+drift": [
+        "regularizer.kind=ewc",
+        "replay.enabled=true",
+        "drift.enabled=true",
+    ],
+    "hidden": ["boundaries=hidden", "drift.enabled=true", "regularizer.kind=ewc"],
+}
+
+
+def tiny_config(*extra: str, root=None) -> SequenceConfig:
+    overrides = [*TINY, *extra]
+    if root is not None:
+        overrides.append(f"run.root={root}")
+    return load_config(SequenceConfig, None, overrides)
+
+
+@pytest.mark.parametrize("plugin", sorted(PLUGINS))
+def test_each_plugin_combination_produces_a_well_formed_R(plugin):
+    result = run_sequence(tiny_config(*PLUGINS[plugin]), write=False)
+    R = np.array(result.results["R"])
+    assert R.shape == (2, 2)
+    assert np.all(np.isfinite(R)) and np.all((R >= 0) & (R <= 1))
+    s = result.summary
+    assert math.isclose(s["average_performance"], R[-1].mean())
+    assert math.isclose(s["forgetting"], np.mean(np.diag(R) - R[-1]))
+    # evaluations: the start, every 2 iterations and each stage's end
+    assert result.results["eval_steps"] == [0, 160, 240, 400, 480]
+    if "drift" in " ".join(PLUGINS[plugin]):
+        assert set(s["detection"]) >= {"detection_rate", "mean_delay_steps", "false_alarms"}
+
+
+def test_the_in_context_rl2_core_runs_through_the_stages_with_plugins():
+    cfg = tiny_config(
+        "algo=rl2",
+        "episodes_per_trial=2",
+        "stage_steps=320",
+        "regularizer.kind=ewc",
+        "replay.enabled=true",
+    )
+    result = run_sequence(cfg, write=False)
+    assert np.array(result.results["R"]).shape == (2, 2)
+    assert result.results["eval_steps"] == [0, 320, 640]  # 2 trials of 4 x 40 steps per stage
+
+
+def test_packnet_keeps_a_finished_task_bit_identical():
+    result = run_sequence(tiny_config(*PLUGINS["packnet"]), write=False)
+    R = result.results["R"]
+    assert R[1][0] == R[0][0]  # the same masked weights, the same eval seeds
+
+
+def build_learner(*extra: str) -> tuple[ContinualLearner, object]:
+    cfg = tiny_config(*extra)
+    curriculum = prepare_curriculum(cfg)
+    built = curriculum.build()
+    torch.manual_seed(0)
+    learner = ContinualLearner(build_policy(cfg, built), cfg, built.max_episode_steps)
+    assignments = built.assignments(curriculum.stages[0].tasks, cfg.ppo.num_envs)
+    learner.set_envs(built.vector_env(assignments, seed=0), built.task_ids(assignments), seed=0)
+    return learner, built
+
+
+def test_drift_detection_opens_a_new_stage_on_a_synthetic_switch():
+    learner, _ = build_learner(
+        "boundaries=hidden", "drift.enabled=true", "regularizer.kind=ewc", "replay.enabled=true"
+    )
+    for _ in range(2):
+        learner.step()
+    adam_steps_before = len(learner.optimizer.state)
+    assert adam_steps_before > 0
+    # a stable, slowly falling value loss, then a jump (critic surprise: +4.9)
+    fired_at = None
+    for k in range(12):
+        value_loss = 0.1 * 0.97**k if k < 10 else 10.0
+        row = {"value_loss": value_loss, "explained_variance": 0.5, "episodic_return": -1.0}
+        if learner.observe(row):
+            fired_at = k
+            break
+    assert fired_at == 10
+    assert learner.stage == 1 and learner.stage_iteration == 0
+    assert learner.regularizer.num_consolidations == 1
+    assert learner.replay.stage_sizes() and set(learner.replay.stage_sizes()) == {0}
+    assert len(learner.optimizer.state) == 0  # drift.reset_optimizer
+    assert learner.detections[0]["learner_stage"] == 0
+
+
+def test_a_watching_detector_does_not_change_a_known_boundary_run():
+    plain = run_sequence(tiny_config("regularizer.kind=ewc"), write=False)
+    watched = run_sequence(tiny_config("regularizer.kind=ewc", "drift.enabled=true"), write=False)
+    assert plain.results["curves"] == watched.results["curves"]
+    assert "detection" in watched.summary and "detection" not in plain.summary
+
+
+def test_replay_priorities_follow_the_distillation_loss():
+    learner, _ = build_learner("replay.enabled=true")
+    learner.step()
+    learner.end_stage()
+    before = learner.replay.priorities(0)
+    assert len(set(before.values())) == 1  # new items get the largest priority seen
+    row = learner.step()
+    after = learner.replay.priorities(0)
+    assert row["replay_policy_loss"] >= 0 and len(set(after.values())) > 1
+
+
+def test_resume_at_a_stage_boundary_matches_an_uninterrupted_run(tmp_path):
+    extra = ["regularizer.kind=ewc", "replay.enabled=true", "drift.enabled=true"]
+    whole = run_sequence(tiny_config(*extra, root=tmp_path / "a"))
+    part = run_sequence(tiny_config(*extra, "run.stop_after=4", root=tmp_path / "b"))
+    assert part.status == "stopped"
+    status = json.loads((part.run.path / "status.json").read_text())
+    assert status["status"] == "stopped" and status["stage"] == 1
+    resumed = resume_sequence(part.run.path, ["run.stop_after=null"])
+    assert resumed.status == "finished"
+    assert resumed.results["R"] == whole.results["R"]
+    assert resumed.results["curves"] == whole.results["curves"]
+    a = RunDir.open(whole.run.path).load_checkpoint()
+    b = RunDir.open(resumed.run.path).load_checkpoint()
+    for name, p in a["learner"]["policy"].items():
+        assert torch.equal(p, b["learner"]["policy"][name]), name
+    rows_a = [r for r in RunDir.open(whole.run.path).read_metrics() if r.get("kind") != "eval"]
+    rows_b = [r for r in RunDir.open(resumed.run.path).read_metrics() if r.get("kind") != "eval"]
+    strip = ("steps_per_second",)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in rows_a] == [
+        {k: v for k, v in r.items() if k not in strip} for r in rows_b
+    ]
+
+
+def test_resume_from_a_mid_stage_checkpoint_finishes_the_sequence(tmp_path):
+    cfg = tiny_config(
+        "replay.enabled=true", "run.checkpoint_every=1", "run.stop_after=2", root=tmp_path
+    )
+    part = run_sequence(cfg)
+    assert part.status == "stopped"
+    assert len(part.run.checkpoints()) >= 1  # iteration 2 of stage 0
+    code = cli_main(["--resume", str(part.run.path), "run.stop_after=null"])
+    assert code == 0
+    results = json.loads((part.run.path / "results.json").read_text())
+    assert np.array(results["R"]).shape == (2, 2)
+    steps = [r["step"] for r in part.run.read_metrics() if r.get("kind") != "eval"]
+    assert steps == sorted(set(steps)) == [80 * k for k in range(1, 7)]  # no duplicated rows
+
+
+def test_run_directory_holds_the_results_table_and_plots(tmp_path):
+    result = run_sequence(tiny_config("reference.mode=run", root=tmp_path))
+    path = result.run.path
+    for name in (
+        "results.json",
+        "R.json",
+        "metrics.md",
+        "plots/R.png",
+        "plots/curves.png",
+        "reference.json",
+        "status.json",
+    ):
+        assert (path / name).is_file(), name
+    table = (path / "metrics.md").read_text()
+    assert "forward transfer" in table and "R[i, j]" in table
+    # the reference of stage 0 is the same run as stage 0 of fine-tuning: FT_0 = 0 (up to the
+    # float rounding of evaluating one task's envs alone rather than beside the others)
+    assert result.summary["forward_transfer_per_stage"][0] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["regularizer.kind=packnet", "boundaries=hidden", "drift.enabled=true"], "packnet"),
+        (["boundaries=hidden"], "drift.enabled"),
+        (["replay.enabled=true", "replay.buffer.seq_len=64"], "must fit in one PPO sequence"),
+        (["regularizer.kind=ewcc"], "expected one of"),
+        (["drift.streem=return"], "did you mean 'drift.stream'"),
+        (["reference.mode=file"], "reference.path"),
+    ],
+)
+def test_bad_configs_raise_clear_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(*overrides)
+
+
+def test_cli_runs_and_prints_the_metrics_table(tmp_path, capsys):
+    code = cli_main([*TINY, f"run.root={tmp_path}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "average performance" in out and "R[i, j]" in out
+    assert cli_main(["regularizer.kind=nope"]) == 2
+
+
+def test_head_kl_matches_torch_distributions():
+    from ssm.heads import CategoricalHead, GaussianHead
+
+    g = GaussianHead(4, np.full(2, -1.0), np.full(2, 1.0))
+    p, q = torch.randn(5, 4), torch.randn(5, 4)
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(p[:, :2], p[:, 2:].exp()),
+        torch.distributions.Normal(q[:, :2], q[:, 2:].exp()),
+    ).sum(-1)
+    torch.testing.assert_close(head_kl(g, p, q), ref)
+    c = CategoricalHead(4, 3)
+    lp, lq = torch.randn(5, 3).log_softmax(-1), torch.randn(5, 3).log_softmax(-1)
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(logits=lp), torch.distributions.Categorical(logits=lq)
+    )
+    torch.testing.assert_close(head_kl(c, lp, lq), ref)
+    assert torch.allclose(head_kl(c, lp, lp), torch.zeros(5), atol=1e-6)
+
+
+def test_first_episode_stats_stop_at_each_envs_first_episode_end():
+    from types import SimpleNamespace
+
+    dones = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 0]], dtype=torch.bool)
+    traj = SimpleNamespace(
+        dones=dones,
+        rewards=torch.tensor([[1.0, 1.0], [2.0, 1.0], [5.0, 1.0], [7.0, 9.0]]),
+        success=torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]),
+    )
+    returns, success = first_episode_stats(traj)
+    np.testing.assert_array_equal(returns, [3.0, 3.0])
+    np.testing.assert_array_equal(success, [0.0, 1.0])
