@@ -218,8 +218,12 @@ def train_ppo(
     log: Callable[[IterationStats], None] | None = None,
 ) -> list[IterationStats]:
     """Train ``policy`` on ``envs`` (SAME_STEP autoreset) with PPO; returns per-iteration stats."""
-    trainer = PPOTrainer(policy, envs, config)
-    history: list[IterationStats] = []
+    return run_trainer(PPOTrainer(policy, envs, config), log)
+
+
+def run_trainer(trainer, log: Callable | None = None) -> list:
+    """Step a resumable trainer (``done``/``step()``) to the end; returns its log rows."""
+    history = []
     while not trainer.done:
         row = trainer.step()
         history.append(row)

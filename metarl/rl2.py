@@ -22,7 +22,7 @@ import torch
 from ssm.policy import SequencePolicy
 
 from .objectives import gae
-from .ppo import IterationStats, PPOConfig, iteration_stats, ppo_update
+from .ppo import IterationStats, PPOConfig, iteration_stats, ppo_update, run_trainer
 from .rollout import Rollout
 from .tasks import TaskFamily
 
@@ -139,14 +139,7 @@ def train_rl2(
     log: Callable[[IterationStats], None] | None = None,
 ) -> list[IterationStats]:
     """Meta-train an in-context ``policy`` (``in_context=True``) on ``family``'s train tasks."""
-    trainer = RL2Trainer(policy, family, config)
-    history: list[IterationStats] = []
-    while not trainer.done:
-        row = trainer.step()
-        history.append(row)
-        if log is not None:
-            log(row)
-    return history
+    return run_trainer(RL2Trainer(policy, family, config), log)
 
 
 def evaluate_trials(

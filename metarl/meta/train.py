@@ -282,14 +282,9 @@ def train_meta(
 ) -> list[MetaIterationStats]:
     """Meta-train ``policy`` on ``family``'s train tasks with the learner ``config.algo`` names
     (a loop over :meth:`MetaTrainer.step`); returns the per-iteration stats."""
-    trainer = MetaTrainer(policy, family, config)
-    history: list[MetaIterationStats] = []
-    while not trainer.done:
-        row = trainer.step()
-        history.append(row)
-        if log is not None:
-            log(row)
-    return history
+    from ..ppo import run_trainer
+
+    return run_trainer(MetaTrainer(policy, family, config), log)
 
 
 def _trpo_update(learner, critic_optimizer, supports, query, first_order, it, config):
