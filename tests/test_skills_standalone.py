@@ -23,7 +23,8 @@ CHILD = textwrap.dedent(
     """
     import importlib.abc, json, sys
 
-    BLOCKED = {"gymnasium", "gym", "metaworld", "wandb", "metarl", "mujoco", "yaml", "matplotlib", "einops"}
+    BLOCKED = {"gymnasium", "gym", "metaworld", "wandb", "metarl", "mujoco", "yaml", "matplotlib"}
+    BLOCKED |= {"einops"}
 
     class Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
