@@ -226,7 +226,13 @@ def _build(cls: type, data: Mapping, prefix: str) -> Any:
             continue
         key = _join(prefix, f.name)
         if f.name in data:
-            kwargs[f.name] = _convert(data[f.name], hints[f.name], key)
+            value = data[f.name]
+            if isinstance(value, Mapping) and f.default_factory is not dataclasses.MISSING:
+                # a partial section overrides the field's own default, not the class defaults
+                default = f.default_factory()
+                if dataclasses.is_dataclass(default):
+                    value = _merged(config_to_dict(default), value)
+            kwargs[f.name] = _convert(value, hints[f.name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key '{key}' ({_type_name(hints[f.name])})")
     try:
@@ -234,6 +240,16 @@ def _build(cls: type, data: Mapping, prefix: str) -> Any:
     except (TypeError, ValueError) as e:  # a __post_init__ check of the config class itself
         where = f"'{prefix}'" if prefix else cls.__name__
         raise ConfigError(f"invalid config {where}: {e}") from e
+
+
+def _merged(base: dict, update: Mapping) -> dict:
+    """``base`` with ``update`` written over it, recursively for nested mappings."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = (
+            _merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+        )
+    return out
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:

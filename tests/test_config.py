@@ -198,3 +198,20 @@ def test_missing_required_field_is_named():
 def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(TrainCfg, write(tmp_path, "- 1\n- 2\n"))
+
+
+@dataclass
+class _Inner:
+    a: int = 1
+    b: int = 2
+
+
+@dataclass
+class _Outer:
+    inner: _Inner = field(default_factory=lambda: _Inner(a=10, b=20))
+
+
+def test_partial_section_keeps_the_fields_own_default_not_the_class_defaults():
+    assert load_config(_Outer, None, ["inner.a=5"]).inner == _Inner(a=5, b=20)
+    assert load_config(_Outer, {"inner": {"b": 7}}).inner == _Inner(a=10, b=7)
+    assert load_config(_Outer).inner == _Inner(a=10, b=20)
