@@ -47,10 +47,9 @@ from torch import Tensor
 from metarl.objectives import (
     explained_variance,
     gae,
-    normalize_advantages,
     policy_evaluate,
-    ppo_loss,
 )
+from metarl.ppo import ppo_update
 from metarl.rollout import Rollout
 from metarl.trajectory import Trajectory
 
@@ -254,67 +253,42 @@ class ContinualLearner:
         return row
 
     def _update(self, traj: Trajectory, adv: Tensor, ret: Tensor) -> dict[str, float]:
-        """PPO-clip epochs over minibatches of whole sequences, with the plugin losses; returns
-        the statistics averaged over all minibatches."""
-        cfg, rp = self.config.ppo, self.config.replay
+        """PPO-clip epochs over minibatches of whole sequences (:func:`metarl.ppo.ppo_update`),
+        with the plugin losses added to each minibatch; returns the statistics averaged over all
+        minibatches."""
+        rp = self.config.replay
         replay_on = self.replay is not None and len(self.replay) > 0
-        per_mb = traj.B // cfg.num_minibatches
-        sums: dict[str, float] = {}
-        count = 0
-        for _ in range(cfg.update_epochs):
-            order = torch.randperm(traj.B, generator=self.generator)
-            for k in range(cfg.num_minibatches):
-                idx = order[k * per_mb : (k + 1) * per_mb]
-                sub = traj[idx]
-                mb_adv = normalize_advantages(adv[:, idx]) if cfg.norm_adv else adv[:, idx]
-                ev = policy_evaluate(self.policy, None, sub)
-                loss, parts = ppo_loss(
-                    ev.log_probs,
-                    sub.log_probs,
-                    mb_adv,
-                    ev.values,
-                    sub.values,
-                    ret[:, idx],
-                    ev.entropy,
-                    clip_coef=cfg.clip_coef,
-                    vf_coef=cfg.vf_coef,
-                    ent_coef=cfg.ent_coef,
-                    clip_vloss=cfg.clip_vloss,
-                )
-                stats = {name: float(v) for name, v in parts.items()}
-                penalty = self.plugin_penalty()
-                loss = loss + penalty
-                stats["penalty"] = float(penalty.detach())
-                if replay_on:
-                    batch = self.replay.sample(rp.batch_size, self.generator)
-                    pi_loss, v_loss = distillation_losses(self.policy, batch, rp.policy_loss)
-                    per_chunk = pi_loss + rp.value_coef * v_loss  # (B,)
-                    replay_loss = (batch.weights * per_chunk).mean()
-                    loss = loss + rp.coef * replay_loss
-                    self.replay.update_priorities(batch.keys, per_chunk.detach().clamp(min=0.0))
-                    stats["replay_policy_loss"] = float(pi_loss.detach().mean())
-                    stats["replay_value_loss"] = float(v_loss.detach().mean())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"continual PPO: loss is not finite ({float(loss)}); parts {stats}"
-                    )
-                self.optimizer.zero_grad()
-                loss.backward()
-                if self.regularizer is not None:
-                    self.regularizer.mask_module_gradients(self.policy)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.policy.parameters(), cfg.max_grad_norm
-                )
-                self.optimizer.step()
-                if self.regularizer is not None:
-                    self.regularizer.after_optimizer_step(dict(self.policy.named_parameters()))
-                stats["grad_norm"] = float(grad_norm)
-                for name, v in stats.items():
-                    sums[name] = sums.get(name, 0.0) + v
-                count += 1
-            if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
-                break
-        return {name: v / count for name, v in sums.items()}
+
+        def extra_loss(stats: dict[str, float]) -> Tensor:
+            penalty = self.plugin_penalty()
+            stats["penalty"] = float(penalty.detach())
+            if not replay_on:
+                return penalty
+            batch = self.replay.sample(rp.batch_size, self.generator)
+            pi_loss, v_loss = distillation_losses(self.policy, batch, rp.policy_loss)
+            per_chunk = pi_loss + rp.value_coef * v_loss  # (B,)
+            replay_loss = (batch.weights * per_chunk).mean()
+            self.replay.update_priorities(batch.keys, per_chunk.detach().clamp(min=0.0))
+            stats["replay_policy_loss"] = float(pi_loss.detach().mean())
+            stats["replay_value_loss"] = float(v_loss.detach().mean())
+            return penalty + rp.coef * replay_loss
+
+        reg = self.regularizer
+        return ppo_update(
+            self.policy,
+            self.optimizer,
+            traj,
+            adv,
+            ret,
+            self.config.ppo,
+            self.generator,
+            extra_loss=extra_loss,
+            mask_gradients=None if reg is None else lambda: reg.mask_module_gradients(self.policy),
+            after_step=None
+            if reg is None
+            else lambda: reg.after_optimizer_step(dict(self.policy.named_parameters())),
+            average=True,
+        )
 
     def plugin_penalty(self, params: dict[str, Tensor] | None = None) -> Tensor:
         """The regulariser's penalty at ``params`` (default: the policy's own parameters), a

@@ -240,12 +240,24 @@ def ppo_update(
     ret: torch.Tensor,
     config: PPOConfig,
     gen: torch.Generator,
+    extra_loss: Callable[[dict[str, float]], torch.Tensor] | None = None,
+    mask_gradients: Callable[[], None] | None = None,
+    after_step: Callable[[], None] | None = None,
+    average: bool = False,
 ) -> dict[str, float]:
     """``update_epochs`` passes of PPO-clip over minibatches of whole env sequences; returns the
-    last minibatch's loss statistics."""
+    last minibatch's loss statistics (``average=True``: their mean over all minibatches).
+
+    Hooks for learners that add to PPO (the continual learner's regularisers and replay):
+    ``extra_loss(stats)`` returns a term added to each minibatch's loss (and may record its own
+    statistics in ``stats``); ``mask_gradients()`` runs after ``backward`` and before clipping;
+    ``after_step()`` runs after each optimiser step.
+    """
     num_envs = traj.B
     per_mb = num_envs // config.num_minibatches
     stats: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    count = 0
     for _ in range(config.update_epochs):
         order = torch.randperm(num_envs, generator=gen)
         for k in range(config.num_minibatches):
@@ -266,15 +278,25 @@ def ppo_update(
                 ent_coef=config.ent_coef,
                 clip_vloss=config.clip_vloss,
             )
+            stats = {name: float(v) for name, v in parts.items()}
+            if extra_loss is not None:
+                loss = loss + extra_loss(stats)
             _finite("loss", loss)
             optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            if mask_gradients is not None:
+                mask_gradients()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
             optimizer.step()
-            stats = {name: float(v) for name, v in parts.items()}
+            if after_step is not None:
+                after_step()
+            stats["grad_norm"] = float(grad_norm)
+            for name, v in stats.items():
+                sums[name] = sums.get(name, 0.0) + v
+            count += 1
         if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
             break
-    return stats
+    return {name: v / count for name, v in sums.items()} if average else stats
 
 
 def evaluate_returns(
