@@ -107,18 +107,7 @@ def prepare_curriculum(cfg: SequenceConfig) -> Curriculum:
 
 
 def build_policy(cfg: SequenceConfig, built: BuiltCurriculum) -> SequencePolicy:
-    p = cfg.policy
-    return SequencePolicy(
-        built.observation_space,
-        built.action_space,
-        kind=p.kind,
-        d_model=p.d_model,
-        n_layers=p.n_layers,
-        in_context=cfg.algo == "rl2",
-        box_head=p.box_head,
-        encoder_hidden=p.encoder_hidden,
-        layer_kwargs=dict(p.layer),
-    )
+    return cfg.policy.build(built.observation_space, built.action_space, cfg.algo == "rl2")
 
 
 # --- entry points -----------------------------------------------------------------------------

@@ -90,6 +90,20 @@ class PolicyConfig:
     layer: dict[str, Any] = field(default_factory=dict)
     """extra keyword arguments for the layer (e.g. d_state, backend)"""
 
+    def build(self, observation_space, action_space, in_context: bool) -> SequencePolicy:
+        """The policy this config describes, for the given spaces."""
+        return SequencePolicy(
+            observation_space,
+            action_space,
+            kind=self.kind,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            in_context=in_context,
+            box_head=self.box_head,
+            encoder_hidden=self.encoder_hidden,
+            layer_kwargs=dict(self.layer),
+        )
+
 
 @dataclass
 class RunConfig:
@@ -173,18 +187,7 @@ def build_family(cfg: TrainConfig) -> TaskFamily:
 
 
 def build_policy(cfg: TrainConfig, family: TaskFamily) -> SequencePolicy:
-    p = cfg.policy
-    return SequencePolicy(
-        family.observation_space,
-        family.action_space,
-        kind=p.kind,
-        d_model=p.d_model,
-        n_layers=p.n_layers,
-        in_context=cfg.algo == "rl2",
-        box_head=p.box_head,
-        encoder_hidden=p.encoder_hidden,
-        layer_kwargs=dict(p.layer),
-    )
+    return cfg.policy.build(family.observation_space, family.action_space, cfg.algo == "rl2")
 
 
 def build_trainer(cfg: TrainConfig, policy: SequencePolicy, family: TaskFamily):
