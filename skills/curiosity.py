@@ -12,6 +12,7 @@ the running standard deviation of the raw bonus, so its scale stays comparable o
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
@@ -67,7 +68,7 @@ def _mlp(d_in: int, hidden: int, d_out: int, layers: int = 2) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
-class _Plugin(nn.Module):
+class _Plugin(nn.Module, abc.ABC):
     """Observation and reward normalisation shared by RND and ICM."""
 
     def __init__(
@@ -95,11 +96,13 @@ class _Plugin(nn.Module):
             )
         return self.obs_rms.normalize(x) if self.normalize_obs else x
 
+    @abc.abstractmethod
     def raw_reward(self, obs: Tensor, next_obs: Tensor, actions: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The unnormalised bonus of each transition (implemented by RND and ICM)."""
 
+    @abc.abstractmethod
     def _loss(self, obs: Tensor, next_obs: Tensor, actions: Tensor) -> tuple[Tensor, dict]:
-        raise NotImplementedError
+        """The plugin's own training loss and its statistics (implemented by RND and ICM)."""
 
     def update(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
         """``update_epochs`` passes of Adam over shuffled minibatches of the transitions in

@@ -14,6 +14,7 @@ policy that fails raises a ``ValueError`` pointing to ``first_order=True``.
 
 from __future__ import annotations
 
+import abc
 import copy
 import functools
 import logging
@@ -76,7 +77,7 @@ def _check_lr_steps(inner_lr: float, inner_steps: int) -> None:
         raise ValueError(f"inner_steps must be an int >= 1, got {inner_steps!r}")
 
 
-class MetaLearner:
+class MetaLearner(abc.ABC):
     """What every gradient meta-learner shares: the policy and its parameter dict, advantage
     estimation, the inner surrogate, and the task map (``vmap`` or loop).
 
@@ -199,9 +200,9 @@ class MetaLearner:
         )
         return new
 
+    @abc.abstractmethod
     def adapt(self, params: Params | None, support: Support | Trajectory, steps=None) -> Params:
         """Adapted parameters of one task (implemented by each learner)."""
-        raise NotImplementedError
 
     @exact
     def adapt_tasks(self, params: Params | None, supports: Support, steps=None) -> Params:
@@ -252,9 +253,9 @@ class MetaLearner:
         stats["value_loss"] = vl
         return F.add(grads, vg)
 
+    @abc.abstractmethod
     def meta_gradient(self, supports: Support, query: TaskBatch | None, **kw) -> MetaGradient:
         """The meta-gradient of a stacked meta-batch (implemented by each learner)."""
-        raise NotImplementedError
 
 
 def second_order_error(
