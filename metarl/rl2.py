@@ -21,6 +21,7 @@ import torch
 
 from ssm.policy import SequencePolicy
 
+from .backends.collector import Collector, LocalCollector
 from .objectives import gae
 from .ppo import IterationStats, PPOConfig, iteration_stats, ppo_update, run_trainer
 from .rollout import Rollout
@@ -37,14 +38,21 @@ class RL2Config(PPOConfig):
     """discount over the whole trial"""
 
 
-def trial_batch(family: TaskFamily, rollout: Rollout, config: RL2Config, iteration: int):
-    """Sample ``num_envs`` fresh training tasks and collect one trial per env."""
+def trial_batch(
+    family: TaskFamily,
+    collector: Collector,
+    config: RL2Config,
+    iteration: int,
+    generator: torch.Generator,
+):
+    """Sample ``num_envs`` fresh training tasks and collect one trial per env (on the
+    collector's backend: in this process, or in slices on Ray workers)."""
     seed = config.seed * 1_000_003 + iteration
     tasks = family.sample(config.num_envs, split="train", seed=seed)
-    envs = family.make_vector_env(tasks, seed=seed)
-    rollout.envs.close()
-    rollout.new_trial(seed=seed, envs=envs, task_ids=list(range(config.num_envs)))
-    return rollout.collect(config.episodes_per_trial * family.max_episode_steps)
+    trial = dict(reset_state="trial", episodes_per_trial=config.episodes_per_trial)
+    with collector.open(tasks, 1, env_seed=seed, **trial) as task_set:
+        steps = config.episodes_per_trial * family.max_episode_steps
+        return task_set.collect(steps, seed, generator=generator)
 
 
 class RL2Trainer:
@@ -57,21 +65,20 @@ class RL2Trainer:
     bit-for-bit on CPU.
     """
 
-    def __init__(self, policy: SequencePolicy, family: TaskFamily, config: RL2Config):
+    def __init__(
+        self,
+        policy: SequencePolicy,
+        family: TaskFamily,
+        config: RL2Config,
+        collector: Collector | None = None,
+    ):
         if not policy.in_context:
             raise ValueError("RL² needs a SequencePolicy built with in_context=True")
         if config.num_envs % config.num_minibatches:
             raise ValueError("num_minibatches must divide num_envs (minibatches are whole trials)")
         self.policy, self.family, self.config = policy, family, config
         self.generator = torch.Generator().manual_seed(config.seed)
-        first = family.make_vector_env(family.sample(config.num_envs, seed=config.seed))
-        self.rollout = Rollout(
-            policy,
-            first,
-            reset_state="trial",
-            episodes_per_trial=config.episodes_per_trial,
-            generator=self.generator,
-        )
+        self.collector = collector or LocalCollector(policy, family)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.trial_steps = config.episodes_per_trial * family.max_episode_steps
         self.iterations = max(1, config.total_steps // (self.trial_steps * config.num_envs))
@@ -88,7 +95,7 @@ class RL2Trainer:
         lr = config.learning_rate * ((1 - (it - 1) / self.iterations) if config.anneal_lr else 1.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        traj = trial_batch(self.family, self.rollout, config, it)
+        traj = trial_batch(self.family, self.collector, config, it, self.generator)
         global_step = self.global_step + self.trial_steps * config.num_envs
         with torch.no_grad():  # the trial is the episode: only its end is terminal
             no_cut = torch.zeros_like(traj.truncated)
@@ -113,6 +120,10 @@ class RL2Trainer:
         self.iteration, self.global_step = it, global_step
         self._elapsed = time.perf_counter() - start
         return row
+
+    def close(self) -> None:
+        """Release the collector's workers."""
+        self.collector.close()
 
     def state_dict(self) -> dict:
         return {

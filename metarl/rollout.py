@@ -30,7 +30,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-from ssm.policy import PolicyState, SequencePolicy, is_image_space
+from ssm.policy import PolicyOutput, PolicyState, SequencePolicy, is_image_space
 
 from .trajectory import Trajectory
 
@@ -58,6 +58,10 @@ class Rollout:
         seed: seeds ``envs.reset`` on the first :meth:`collect` (if :meth:`new_trial` was not
             called first).
         task_ids: ``(B,)`` task index of each sub-env, stored in every trajectory (default 0).
+        sample_rows: ``(offset, total)``: these ``B`` sub-envs are rows ``[offset, offset + B)`` of
+            a batch of ``total`` rows collected elsewhere in slices (the Ray backend). Actions are
+            then drawn as those rows of a draw for all ``total`` rows, so a slice consumes the
+            generator exactly as the whole batch does and samples exactly its actions.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class Rollout:
         generator: torch.Generator | None = None,
         seed: int | None = None,
         task_ids: Tensor | list[int] | None = None,
+        sample_rows: tuple[int, int] | None = None,
     ):
         if reset_state not in ("episode", "trial"):
             raise ValueError(f"reset_state must be 'episode' or 'trial', got {reset_state!r}")
@@ -92,6 +97,14 @@ class Rollout:
         self.dtype = next(policy.parameters()).dtype
         self._set_envs(envs)
         self.task_ids = self._task_ids(task_ids)
+        self.sample_rows: tuple[int, int] | None = None
+        if sample_rows is not None:
+            offset, total = self.sample_rows = (int(sample_rows[0]), int(sample_rows[1]))
+            if offset < 0 or offset + self.num_envs > total:
+                raise ValueError(
+                    f"sample_rows=(offset={offset}, total={total}) must hold rows "
+                    f"[offset, offset + {self.num_envs}) of the batch"
+                )
         self._obs: np.ndarray | None = None  # set by new_trial
 
     # -- setup ----------------------------------------------------------------------------------
@@ -206,6 +219,16 @@ class Rollout:
         out, _ = self.policy.step(final_obs, sub_state, **ctx)
         return boot.index_put((idx,), out.value)
 
+    def _sample(self, out: PolicyOutput) -> Tensor:
+        if self.sample_rows is None:
+            return self.policy.sample(out, self.generator)
+        offset, total = self.sample_rows
+        rows = slice(offset, offset + self.num_envs)
+        params = out.dist_params.new_zeros((total, *out.dist_params.shape[1:]))
+        params[rows] = out.dist_params  # other rows: zeros, a valid stand-in for every head
+        full = PolicyOutput(params, out.value.new_zeros((total, *out.value.shape[1:])))
+        return self.policy.sample(full, self.generator)[rows]
+
     # -- collecting -----------------------------------------------------------------------------
     @torch.no_grad()
     def collect(self, num_steps: int, deterministic: bool = False) -> Trajectory:
@@ -224,7 +247,7 @@ class Rollout:
             obs, reset = self._obs_tensor(self._obs), self._reset_next
             ctx = self._context(self._prev_action, self._prev_reward, self._prev_done)
             out, state = policy.step(obs, self._state, reset=reset, **ctx)
-            action = policy.mode(out) if deterministic else policy.sample(out, self.generator)
+            action = policy.mode(out) if deterministic else self._sample(out)
             log_prob = policy.log_prob(out, action)
 
             next_obs, reward_np, term_np, trunc_np, info = self.envs.step(self._env_action(action))

@@ -35,7 +35,8 @@ import torch
 
 from ssm.policy import SequencePolicy
 
-from .config import config_to_dict, load_config, write_atomic
+from .backends import RayConfig, make_collector, require_ray
+from .config import ConfigError, config_to_dict, load_config, write_atomic
 from .meta import MetaConfig, MetaTrainer, adapt_eval, make_learner
 from .meta.adaptation import (
     curves_markdown,
@@ -172,6 +173,10 @@ class TrainConfig:
     """wandb and the progress bar"""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """evaluation on held-out tasks"""
+    backend: Literal["local", "ray"] = "local"
+    """where rollouts run (rl2, maml): in this process, or in task slices on Ray actors"""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """the Ray backend (backend=ray): cluster address, workers, fault tolerance"""
 
 
 # --- building blocks --------------------------------------------------------------------------
@@ -190,11 +195,32 @@ def build_policy(cfg: TrainConfig, family: TaskFamily) -> SequencePolicy:
     return cfg.policy.build(family.observation_space, family.action_space, cfg.algo == "rl2")
 
 
+def check_backend(cfg: TrainConfig) -> None:
+    """A ``ConfigError`` (before anything is written) for a backend this run cannot use."""
+    if cfg.backend == "local":
+        return
+    if cfg.algo == "ppo":
+        raise ConfigError(
+            f"backend={cfg.backend!r} serves algo rl2 and maml (a fresh task batch every "
+            "iteration); algo ppo keeps its episodes running in one local vector env: use "
+            "backend=local"
+        )
+    try:
+        cfg.ray.check()
+        require_ray()
+    except (ImportError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+
+
 def build_trainer(cfg: TrainConfig, policy: SequencePolicy, family: TaskFamily):
+    check_backend(cfg)
     if cfg.algo == "rl2":
-        return RL2Trainer(policy, family, dataclasses.replace(cfg.rl2, seed=cfg.seed))
+        collector = make_collector(cfg.backend, policy, family, cfg.ray)
+        return RL2Trainer(policy, family, dataclasses.replace(cfg.rl2, seed=cfg.seed), collector)
     if cfg.algo == "maml":
-        return MetaTrainer(policy, family, dataclasses.replace(cfg.meta, seed=cfg.seed))
+        meta = dataclasses.replace(cfg.meta, seed=cfg.seed)
+        collector = make_collector(cfg.backend, policy, family, cfg.ray, meta.vectorize, meta)
+        return MetaTrainer(policy, family, meta, collector)
     ppo = dataclasses.replace(cfg.ppo, seed=cfg.seed)
     tasks = family.sample(ppo.num_envs, split="train", seed=cfg.seed)
     return PPOTrainer(policy, family.make_vector_env(tasks, seed=cfg.seed), ppo)
@@ -217,6 +243,7 @@ def train(
     """Train from a config (a ``TrainConfig`` or a YAML path plus dotted ``overrides``) into a new
     run directory under ``config.run.root``; returns it."""
     cfg = config if isinstance(config, TrainConfig) else load_config(TrainConfig, config, overrides)
+    check_backend(cfg)
     if run is None:
         run = RunDir.create(cfg.run.root, cfg.run.name, cfg, cfg.seed)
     return _run(cfg, run, resuming=False)
@@ -293,6 +320,8 @@ def _run(cfg: TrainConfig, run: RunDir, resuming: bool) -> RunDir:
         return run
     finally:
         tracker.close(exit_code)
+        if hasattr(trainer, "close"):
+            trainer.close()
 
 
 def _checkpoint(run: RunDir, trainer, cfg: TrainConfig) -> None:

@@ -20,6 +20,7 @@ The class is registered as a pytree, so ``torch.func`` transforms (``grad``, ``v
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,21 @@ class Trajectory:
         """``success`` at the final step of each episode that ended within this trajectory."""
         dones = self.dones
         return [s for t in range(self.T) for s in self.success[t][dones[t]].tolist()]
+
+
+def concat_batch(trajs: Sequence[Trajectory]) -> Trajectory:
+    """Join trajectories of equal length along the batch axis (sequence slices collected apart,
+    e.g. by the Ray backend's workers, in order)."""
+    if not trajs:
+        raise ValueError("concat_batch needs at least one trajectory")
+    if len({t.T for t in trajs}) != 1:
+        raise ValueError(f"trajectories differ in length: {[t.T for t in trajs]}")
+    out = {}
+    for f in dataclasses.fields(Trajectory):
+        values = [getattr(t, f.name) for t in trajs]
+        dim = 1 if f.metadata["layout"] == _TB else 0
+        out[f.name] = pytree.tree_map(lambda *xs, d=dim: torch.cat(xs, d), *values)
+    return Trajectory(**out)
 
 
 def _flatten(traj: Trajectory) -> tuple[list[Any], list[str]]:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import ssm
-from metarl import Rollout, gae, make_family
+from metarl import gae, make_family
+from metarl.backends import LocalCollector
 from metarl.rl2 import RL2Config, evaluate_trials, train_rl2, trial_batch
 
 
@@ -37,13 +38,13 @@ def test_trial_batch_is_one_whole_trial_of_fresh_tasks_per_env():
     family = make_family("nav2d")
     cfg = RL2Config(num_envs=4, num_minibatches=2, episodes_per_trial=2, seed=3)
     policy = in_context_policy(family)
-    rollout = Rollout(
-        policy, family.make_vector_env(family.sample(4)), reset_state="trial", episodes_per_trial=2
+    collector, gen = LocalCollector(policy, family), torch.Generator().manual_seed(0)
+    a = trial_batch(family, collector, cfg, iteration=1, generator=gen)
+    b = trial_batch(family, collector, cfg, iteration=2, generator=gen)
+    goals_a, goals_b = (
+        [t.param("goal") for t in family.sample(4, split="train", seed=3 * 1_000_003 + it)]
+        for it in (1, 2)
     )
-    a = trial_batch(family, rollout, cfg, iteration=1)
-    goals_a = [t.param("goal") for t in rollout.envs.get_attr("task")]
-    b = trial_batch(family, rollout, cfg, iteration=2)
-    goals_b = [t.param("goal") for t in rollout.envs.get_attr("task")]
     assert a.T == 2 * family.max_episode_steps and a.B == 4
     # The state is reset only at the trial start; the first episode's end is not a trial end.
     assert a.resets[0].all() and not a.resets[1:].any()

@@ -172,6 +172,9 @@ def collect_tasks(
     deterministic: bool = False,
     vectorize: bool = True,
     envs: gym.vector.VectorEnv | None = None,
+    task_offset: int = 0,
+    total_tasks: int | None = None,
+    **rollout_kwargs,
 ) -> Trajectory:
     """A ``(num_steps, N·B)`` trajectory of ``tasks`` (``B = envs_per_task``), acting with the
     policy's own parameters, or with ``params`` stacked over tasks (task ``i`` uses
@@ -180,26 +183,40 @@ def collect_tasks(
     ``envs``: a vector env already built for exactly these tasks
     (``family.make_vector_env(tasks, envs_per_task)``), reused and left open; support and query of
     one meta-batch share one (building Meta-World envs costs ~0.2 s each). Every sub-env is reset
-    with ``seed + its index`` either way, so reusing one gives the same trajectories."""
+    with ``seed + its index`` either way, so reusing one gives the same trajectories.
+
+    ``task_offset``/``total_tasks``: ``tasks`` are tasks ``[task_offset, task_offset + n)`` of a
+    meta-batch of ``total_tasks`` collected in slices (the Ray backend). Task ids, env seeds and
+    action samples are then exactly those these rows get when the whole batch is collected at
+    once (the generator advances as for the whole batch). ``rollout_kwargs`` go to
+    :class:`Rollout` (e.g. ``reset_state="trial"``, ``episodes_per_trial`` for RL²)."""
     n = len(tasks)
+    total = n if total_tasks is None else int(total_tasks)
+    if not 0 <= task_offset <= total - n:
+        raise ValueError(
+            f"tasks [{task_offset}, {task_offset + n}) are not a slice of {total} tasks"
+        )
+    row0 = task_offset * envs_per_task
     device = next(policy.parameters()).device
     owned = envs is None
     if owned:
-        envs = family.make_vector_env(list(tasks), envs_per_task=envs_per_task, seed=seed)
+        envs = family.make_vector_env(list(tasks), envs_per_task=envs_per_task, seed=seed + row0)
     elif envs.num_envs != n * envs_per_task:
         raise ValueError(
             f"envs has {envs.num_envs} sub-envs; {n} tasks x {envs_per_task} envs need "
             f"{n * envs_per_task}"
         )
-    task_ids = torch.arange(n).repeat_interleave(envs_per_task)
-    kw = dict(generator=generator, task_ids=task_ids, device=device)
+    task_ids = torch.arange(task_offset, task_offset + n).repeat_interleave(envs_per_task)
+    kw = dict(generator=generator, task_ids=task_ids, device=device, **rollout_kwargs)
+    if total != n:
+        kw["sample_rows"] = (row0, total * envs_per_task)
     try:
         if params is None:
             rollout = Rollout(policy, envs, **kw)
         else:
             actor = TaskBatchedPolicy(policy, params, envs_per_task, vectorize)
             rollout = _TaskBatchedRollout(actor, envs, **kw)
-        rollout.new_trial(seed=seed)
+        rollout.new_trial(seed=seed + row0)
         return rollout.collect(num_steps, deterministic=deterministic)
     finally:
         if owned:

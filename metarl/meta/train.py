@@ -23,19 +23,24 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from metarl.tasks import TaskFamily
+from metarl.trajectory import Trajectory
 from ssm.policy import SequencePolicy
 
 from .base import probe_second_order
 from .batch import TaskBatch
-from .collect import collect_tasks, episode_success_any
+from .collect import episode_success_any
 from .config import MetaConfig
 from .learners import MAML, MetaLearner, Reptile, make_learner
 from .trpo import trpo_step
+
+if TYPE_CHECKING:
+    from metarl.backends.collector import Collector
 
 
 @dataclass
@@ -90,6 +95,52 @@ def _inner_lr_mean(learner: MetaLearner) -> float:
     return float(torch.cat([v.detach().reshape(-1) for v in lrs.values()]).mean())
 
 
+@dataclass
+class MetaBatch:
+    """One meta-batch's data: support (θ) and query (adapted) trajectories, the prepared task
+    batches the meta-gradient takes, and the env steps collected."""
+
+    pre: Trajectory
+    post: Trajectory
+    supports: TaskBatch | list[TaskBatch] | None
+    query: TaskBatch | None
+    steps: int
+
+    def without_batches(self) -> MetaBatch:
+        """The trajectories and step count only (what a worker sends back)."""
+        return MetaBatch(self.pre, self.post, None, None, self.steps)
+
+
+def collect_meta_batch(
+    learner: MetaLearner,
+    collect: Callable[..., Trajectory],
+    n_tasks: int,
+    seed: int,
+    resample: bool = False,
+) -> MetaBatch:
+    """Support with θ (``collect(seed)``), with ``resample`` a fresh batch with each
+    ``φ_k`` before inner step ``k`` (``collect(seed + k, φ_k)``), adaptation of every task (one
+    ``vmap``), and the query with the adapted parameters (``collect(seed + K, φ_K)``).
+    ``collect(seed, params=None)`` returns the ``(T, N·B)`` trajectory of the meta-batch's tasks
+    (a whole batch locally, one slice on a worker)."""
+    k_steps = learner.inner_steps
+    theta = learner.params()
+    pre = collect(seed)
+    supports: TaskBatch | list[TaskBatch] = learner.prepare(pre, n_tasks)
+    steps = pre.T * pre.B
+    if resample:
+        supports = [supports]
+        for k in range(1, k_steps):
+            phi = learner.adapt_tasks(theta, supports, steps=k)
+            extra = collect(seed + k, phi)
+            supports.append(learner.prepare(extra, n_tasks))
+            steps += extra.T * extra.B
+    adapted = learner.adapt_tasks(theta, supports)
+    post = collect(seed + k_steps, adapted)
+    steps += post.T * post.B
+    return MetaBatch(pre, post, supports, learner.prepare(post, n_tasks), steps)
+
+
 def task_seed(seed: int, iteration: int) -> int:
     """The seed of outer iteration ``iteration``'s tasks and envs (a function of the run seed and
     the iteration only, so a resumed run draws the same meta-batches)."""
@@ -109,9 +160,18 @@ class MetaTrainer:
     before the counters move (the runner then keeps the last good checkpoint).
     """
 
-    def __init__(self, policy: SequencePolicy, family: TaskFamily, config: MetaConfig):
+    def __init__(
+        self,
+        policy: SequencePolicy,
+        family: TaskFamily,
+        config: MetaConfig,
+        collector: Collector | None = None,
+    ):
+        from metarl.backends.collector import LocalCollector
+
         self.policy, self.family, self.config = policy, family, config
         self.learner = make_learner(policy, config)
+        self.collector = collector or LocalCollector(policy, family, vectorize=config.vectorize)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.num_steps = config.num_steps or family.max_episode_steps
         named = self.learner.named_parameters()
@@ -135,50 +195,51 @@ class MetaTrainer:
     def done(self) -> bool:
         return self.iteration >= self.iterations
 
-    def _collect(self, tasks, envs, seed: int, params=None):
-        return collect_tasks(
-            self.policy,
-            self.family,
-            tasks,
-            self.config.episodes_per_task,
-            self.num_steps,
-            seed,
-            params=params,
-            generator=self.generator,
-            vectorize=self.config.vectorize,
-            envs=envs,
+    def _adapts_on_workers(self, first_order: bool) -> bool:
+        """Whether this iteration's support, adaptation and query run on the collector's
+        workers (a first-order meta-gradient of a MAML/Reptile learner, Adam/SGD outer step,
+        and a collector that offers it)."""
+        return (
+            bool(getattr(self.collector, "adapts_on_workers", False))
+            and first_order
+            and self.config.outer != "trpo"
+            and isinstance(self.learner, MAML | Reptile)
         )
+
+    def close(self) -> None:
+        """Release the collector's workers."""
+        self.collector.close()
 
     def step(self) -> MetaIterationStats:
         """One outer iteration: support -> adapt -> query -> outer step (module docstring)."""
         config, learner, it = self.config, self.learner, self.iteration + 1
         start = time.perf_counter() - self._elapsed
-        n, k_steps = config.meta_batch_size, config.inner_steps
+        n = config.meta_batch_size
         seed = task_seed(config.seed, it)
         tasks = self.family.sample(n, split="train", seed=seed)
         first_order = getattr(learner, "first_order", True) or it <= config.first_order_iters
-        theta = learner.params()
-        _check_finite_params(theta, it)
+        _check_finite_params(learner.params(), it)
 
-        # -- support and query (one vector env for all of them) -----------------------------
-        envs = self.family.make_vector_env(tasks, envs_per_task=config.episodes_per_task)
-        try:
-            pre = self._collect(tasks, envs, seed)
-            supports: TaskBatch | list[TaskBatch] = learner.prepare(pre, n)
-            steps = pre.T * pre.B
-            if config.resample_support:
-                supports = [supports]
-                for k in range(1, k_steps):
-                    phi = learner.adapt_tasks(theta, supports, steps=k)
-                    extra = self._collect(tasks, envs, seed + k, phi)
-                    supports.append(learner.prepare(extra, n))
-                    steps += extra.T * extra.B
-            adapted = learner.adapt_tasks(theta, supports)
-            post = self._collect(tasks, envs, seed + k_steps, adapted)
-            steps += post.T * post.B
-        finally:
-            envs.close()
-        query = learner.prepare(post, n)
+        # -- support and query (one task set for all of them) -------------------------------
+        if self._adapts_on_workers(first_order):
+            batch, mg = self.collector.first_order_meta_batch(
+                learner, tasks, config.episodes_per_task, self.num_steps, seed, it, self.generator
+            )
+        else:
+            mg = None
+            with self.collector.open(tasks, config.episodes_per_task) as task_set:
+
+                def collect(seed: int, params=None):
+                    return task_set.collect(self.num_steps, seed, params, self.generator)
+
+                batch = collect_meta_batch(learner, collect, n, seed, config.resample_support)
+        pre, post, supports, query, steps = (
+            batch.pre,
+            batch.post,
+            batch.supports,
+            batch.query,
+            batch.steps,
+        )
 
         # -- outer step ---------------------------------------------------------------------
         if config.outer == "trpo":
@@ -187,14 +248,16 @@ class MetaTrainer:
             )
         else:
             assert self.optimizer is not None
-            mg = learner.meta_gradient(supports, query, first_order=first_order, iteration=it)
+            if mg is None:
+                mg = learner.meta_gradient(supports, query, first_order=first_order, iteration=it)
             stats, accepted = mg.stats, None
             grad_norm = _apply(
                 self.optimizer, learner.named_parameters(), mg.grads, config.max_grad_norm
             )
             if self.lr_optimizer is not None and mg.lr_grads is not None:
                 _apply(self.lr_optimizer, learner.lrs, mg.lr_grads, config.max_grad_norm)
-            kl = _post_update_kl(learner, supports, query)
+            # (not computed when adaptation ran on the workers: it would re-adapt every task here)
+            kl = math.nan if supports is None else _post_update_kl(learner, supports, query)
         global_step = self.global_step + steps
         elapsed = time.perf_counter() - start
         row = MetaIterationStats(

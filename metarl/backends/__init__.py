@@ -1,0 +1,23 @@
+"""Where rollouts run: in this process (``backend: local``) or on Ray actors (``backend: ray``).
+
+Both serve the same :class:`Collector` interface (see :mod:`metarl.backends.collector`); the
+Ray one (:mod:`metarl.backends.ray_collector`) imports Ray only when it is built, and names the
+install command when Ray is missing.
+"""
+
+from .collector import Collector, LocalCollector, TaskSet, task_slices
+from .config import RayConfig
+from .ray_collector import INSTALL_HINT, RayCollector, WorkerLost, make_collector, require_ray
+
+__all__ = [
+    "INSTALL_HINT",
+    "Collector",
+    "LocalCollector",
+    "RayCollector",
+    "RayConfig",
+    "TaskSet",
+    "WorkerLost",
+    "make_collector",
+    "require_ray",
+    "task_slices",
+]
