@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,metaworld,mujoco,wandb,marl]"
+	$(PY) -m pip install -q -e ".[dev,metaworld,mujoco,wandb,marl,ray]"
 	touch $@
 
 run: setup
