@@ -146,3 +146,24 @@ def test_bad_backend_settings_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="num_workers"):
         train(cfg)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_ray_population_without_ray_is_refused_before_anything_is_written(no_ray, tmp_path):
+    from metarl.population import train_population
+    from metarl.population.cli import main as population_main
+    from metarl.population.config import PopulationConfig
+
+    cfg = PopulationConfig(backend="ray", iterations=1)
+    cfg.run.root = str(tmp_path)
+    with pytest.raises(ConfigError, match="pip install"):
+        train_population(cfg)
+    code = population_main(["backend=ray", f"run.root={tmp_path}", "iterations=1"])
+    assert code == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_ray_population_with_bad_ray_settings_is_a_config_error():
+    from metarl.population.config import PopulationConfig
+
+    with pytest.raises(ValueError, match="cpus_per_worker"):
+        PopulationConfig(backend="ray", ray=RayConfig(cpus_per_worker=-1))

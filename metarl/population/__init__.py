@@ -7,7 +7,8 @@ population-based training, library skills as options or initialisations, emergen
 - :class:`MultiAgentLearner`: actors (:class:`AgentNet`), the central critic, the message channel,
   the PPO update over ``(T, B, N)`` episodes.
 - :class:`OpponentPool` (self-play), :class:`PBT` (exploit/explore), :mod:`.analysis`.
-- :func:`train_population` and ``metarl population CONFIG``: a run directory end to end.
+- :func:`train_population` and ``metarl population CONFIG``: a run directory end to end;
+  :func:`resume_population` and ``metarl population --resume RUN_DIR`` continue one.
 
 Nothing here imports :mod:`skills` at import time; a library is opened only when a config asks.
 """
@@ -15,6 +16,7 @@ Nothing here imports :mod:`skills` at import time; a library is opened only when
 from .analysis import (
     behavioural_diversity,
     js_divergence,
+    role_consistency,
     role_mutual_information,
     specialisation_index,
 )
@@ -25,7 +27,7 @@ from .learner import MultiAgentLearner
 from .networks import AgentNet, CentralCritic
 from .pbt import PBT, exploit
 from .selfplay import OpponentPool
-from .train import build_env, evaluate_learner, train_population
+from .train import build_env, evaluate_learner, resume_population, train_population
 
 __all__ = [
     "PBT",
@@ -45,6 +47,8 @@ __all__ = [
     "evaluate_learner",
     "exploit",
     "js_divergence",
+    "resume_population",
+    "role_consistency",
     "role_mutual_information",
     "specialisation_index",
     "train_population",

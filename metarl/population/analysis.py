@@ -1,16 +1,31 @@
-"""Emergence analysis: role specialisation, behavioural diversity, skill usage.
+"""Emergence analysis: division of labour, behavioural diversity, skill usage.
 
 **Roles.** An agent's role in an episode is the role it filled on most of its steps (for role
 gathering: the resource type it covered; -1 if it filled none). Over episodes this gives a count
-matrix ``C[i, k]`` (agent ``i`` took role ``k``) and ``p(k | i) ∝ C[i, k]``.
+matrix ``C[i, k]`` (agent ``i`` took role ``k``) and ``p(k | i) ∝ C[i, k]``. Only the ``N'``
+agents that took any role count, each weighted equally (``p(i) = 1/N'``, so an agent seen in more
+episodes does not weigh more), and ``p(k) = mean_i p(k | i)``.
 
-- Specialisation index ``SI = 1 - mean_i H(p(·|i)) / log K`` over the agents that took any role:
-  1 when every agent always takes the same role, 0 when each spreads uniformly over all ``K``.
-- Role mutual information ``I(agent; role) / log min(N, K)`` with agents weighted equally
-  (``p(i) = 1/N'`` over the ``N'`` agents that took any role, ``p(k | i)`` as above), i.e.
-  ``H(mean_i p(·|i)) - mean_i H(p(·|i))``: 1 when agents take distinct fixed roles, 0 when the
-  role does not depend on who the agent is (which ``SI`` alone cannot tell: agents that all
-  always take role 0 have SI = 1 but MI = 0).
+- **Specialisation index** (division of labour): the agent-role mutual information, normalised by
+  its largest attainable value::
+
+      SI = I(agent; role) / I_max(N', K),    I(agent; role) = H(p(k)) - mean_i H(p(k | i))
+
+  1 when agents take distinct, consistent roles, spread as evenly over the ``K`` roles as ``N'``
+  agents can be; 0 when the role does not depend on who the agent is, whether every agent always
+  takes the same role or each spreads over the same mixture of roles. ``I`` is convex in
+  ``p(k | i)``, so it is largest at a deterministic assignment, and the largest ``H(p(k))`` of
+  one is that of the most even split of ``N'`` agents over ``K`` roles::
+
+      I_max(N', K) = log N'                                      if N' <= K
+                   = -sum_k (c_k / N') log(c_k / N'),  c_k ∈ {⌊N'/K⌋, ⌈N'/K⌉}, sum c_k = N'
+
+  (``= log K`` when ``K`` divides ``N'``). On role gathering with ``N = K = 3``, ``I_max = log 3``,
+  and two agents sharing one resource while the third takes another gives
+  ``SI = 1 - (2/3) log 2 / log 3 = 0.579``.
+- **Role consistency** ``1 - mean_i H(p(k | i)) / log K``: how firmly each agent keeps to one role,
+  whichever it is (1 also when every agent always takes the *same* role, so it cannot show a
+  division of labour on its own).
 
 **Diversity.** Mean pairwise Jensen-Shannon divergence, in units of ``log 2`` (so in [0, 1]),
 between the agents' action distributions on shared states: every agent is run (its own network
@@ -31,6 +46,8 @@ __all__ = [
     "behavioural_diversity",
     "episode_roles",
     "js_divergence",
+    "max_role_information",
+    "role_consistency",
     "role_counts",
     "role_mutual_information",
     "skill_usage",
@@ -43,29 +60,53 @@ def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
         return -np.where(p > 0, p * np.log(p), 0.0).sum(axis)
 
 
-def specialisation_index(counts: np.ndarray) -> float:
-    """``1 - mean_i H(role | agent i) / log K`` over agents with any role (NaN if none or K<2)."""
+def _role_distributions(counts: np.ndarray) -> np.ndarray | None:
+    """``p(k | i)`` of the agents that took any role, ``(N', K)``; None if there are none."""
     counts = np.asarray(counts, dtype=np.float64)
-    n_roles = counts.shape[1]
     totals = counts.sum(1)
     took = totals > 0
-    if n_roles < 2 or not took.any():
-        return math.nan
-    p = counts[took] / totals[took, None]
-    return float(1.0 - _entropy(p).mean() / math.log(n_roles))
+    return counts[took] / totals[took, None] if took.any() else None
 
 
 def role_mutual_information(counts: np.ndarray) -> float:
-    """``I(agent; role) / log min(N, K)`` with agents weighted equally (NaN if undefined)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    totals = counts.sum(1)
-    took = totals > 0
-    norm = math.log(min(counts.shape))
-    if not took.any() or norm <= 0:
+    """``I(agent; role) = H(mean_i p(·|i)) - mean_i H(p(·|i))`` in nats, agents weighted equally
+    (NaN if no agent took a role)."""
+    p = _role_distributions(counts)
+    if p is None:
         return math.nan
-    p = counts[took] / totals[took, None]  # p(k | i)
-    mi = _entropy(p.mean(0)) - _entropy(p).mean()
-    return float(max(mi, 0.0) / norm)
+    return float(max(_entropy(p.mean(0)) - _entropy(p).mean(), 0.0))
+
+
+def max_role_information(n_agents: int, n_roles: int) -> float:
+    """``I_max(N, K)``: the entropy of the most even assignment of ``N`` agents to ``K`` roles, the
+    largest value ``I(agent; role)`` can take with agents weighted equally."""
+    if n_agents < 1 or n_roles < 1:
+        return 0.0
+    base, extra = divmod(n_agents, n_roles)
+    sizes = np.array([base + 1] * extra + [base] * (n_roles - extra), np.float64)
+    return float(_entropy(sizes[sizes > 0] / n_agents))
+
+
+def specialisation_index(counts: np.ndarray) -> float:
+    """Division of labour ``I(agent; role) / I_max(N', K)`` in [0, 1] over the ``N'`` agents that
+    took any role (NaN if undefined: no such agent, one agent, or one role)."""
+    counts = np.asarray(counts)
+    p = _role_distributions(counts)
+    if p is None:
+        return math.nan
+    norm = max_role_information(p.shape[0], counts.shape[1])
+    if norm <= 0:
+        return math.nan
+    return min(role_mutual_information(counts) / norm, 1.0)
+
+
+def role_consistency(counts: np.ndarray) -> float:
+    """``1 - mean_i H(role | agent i) / log K`` over agents with any role (NaN if none or K<2)."""
+    counts = np.asarray(counts)
+    p = _role_distributions(counts)
+    if p is None or counts.shape[1] < 2:
+        return math.nan
+    return float(1.0 - _entropy(p).mean() / math.log(counts.shape[1]))
 
 
 def episode_roles(roles: np.ndarray | Tensor, n_roles: int) -> np.ndarray:

@@ -1,5 +1,8 @@
 """``metarl population CONFIG.yaml [key=value ...]``: train a multi-agent population.
 
+``metarl population --resume RUN_DIR [run.key=value ...]`` continues a stopped or killed run from
+its latest checkpoint (only ``run.*`` and ``logging.*`` settings may change).
+
 Registered as the ``population`` command of the ``metarl.commands`` entry-point group
 (``metarl.population.cli:main``). ``metarl population --docs`` lists every config key.
 """
@@ -28,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="dotted overrides, e.g. algo=ippo comm.enabled=true"
     )
     ap.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue this run from its latest checkpoint (overrides: run.* / logging.* only)",
+    )
+    ap.add_argument(
         "--docs", action="store_true", help="list every config key with its description"
     )
     return ap
@@ -43,20 +52,33 @@ def main(argv: list[str] | None = None) -> int:
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config, *overrides]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(PopulationConfig, config, overrides)
-    except ConfigError as e:
-        print(f"metarl population: config error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    from .train import train_population  # after parsing, so --help stays fast
+    from .train import open_for_resume, train_population  # after parsing: --help stays fast
 
     try:
-        run, results = train_population(cfg)
+        if args.resume is not None:
+            if config is not None:
+                raise ConfigError(
+                    f"--resume takes the config from the run directory; got {config!r} too"
+                )
+            run, cfg = open_for_resume(args.resume, overrides)
+        else:
+            run, cfg = None, load_config(PopulationConfig, config, overrides)
+    except ValueError as e:  # ConfigError, RunDirError, a forbidden resume override
+        print(f"metarl population: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        run, results = train_population(cfg, run, resume=args.resume is not None)
+    except ConfigError as e:  # e.g. backend=ray without Ray installed
+        print(f"metarl population: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except FloatingPointError as e:
         print(f"metarl population: training stopped: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     print(f"run directory: {run.path}")
-    print(format_results(results))
+    if results is None:
+        print(f"stopped; resume with: metarl population --resume {run.path}")
+    else:
+        print(format_results(results))
     return 0
 
 
@@ -69,7 +91,7 @@ def format_results(results: dict) -> str:
     lines = [f"evaluation over {results['episodes']} episodes (mean ± 95% CI):"]
     for team, r in results["team_returns"].items():
         lines.append(f"  return {team}: {ci(r)}")
-    for key in ("specialisation_index", "role_mi", "diversity"):
+    for key in ("specialisation_index", "role_consistency", "diversity"):
         if key in results:
             lines.append(f"  {key}: {results[key]:.3f}")
     usage = {k: v for k, v in results.items() if k.startswith("skills/")}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..backends.config import RayConfig
 from ..tracking import LoggingConfig, WandbMode
 
 __all__ = [
@@ -196,6 +197,8 @@ class PopulationRunConfig:
     """checkpoints kept on disk"""
     threads: int = 1
     """torch intra-op threads"""
+    stop_after: int | None = None
+    """stop (checkpointed, resumable) after this many iterations in this process"""
 
 
 @dataclass
@@ -244,6 +247,12 @@ class PopulationConfig:
     """run directory and checkpoints"""
     logging: PopulationLoggingConfig = field(default_factory=PopulationLoggingConfig)
     """wandb and the progress bar"""
+    backend: Literal["local", "ray"] = "local"
+    """where PBT members train: local (in turn, in this process) or ray (one actor per member,
+    in parallel; exploit/explore stays in this process)"""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """the Ray backend (backend=ray): cluster address, CPUs and threads per member actor, restarts
+    (ray.num_workers is not used: there is one actor per PBT member)"""
 
     def __post_init__(self) -> None:
         if not self.agents:
@@ -259,6 +268,12 @@ class PopulationConfig:
             raise ValueError(f"pbt.members must be >= 1, got {self.pbt.members}")
         if self.skills.option_every < 1:
             raise ValueError("skills.option_every must be >= 1")
+        if self.run.checkpoint_every < 1:
+            raise ValueError(f"run.checkpoint_every must be >= 1, got {self.run.checkpoint_every}")
+        if self.run.stop_after is not None and self.run.stop_after < 0:
+            raise ValueError(f"run.stop_after must be >= 0, got {self.run.stop_after}")
+        if self.backend == "ray":
+            self.ray.check()
         needs_library = any(a.options or a.init_skill for a in self.agents)
         if needs_library and not self.skills.library:
             raise ValueError("agents with options or init_skill need skills.library")

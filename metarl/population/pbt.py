@@ -6,9 +6,13 @@ Each member in the bottom ``fraction`` **exploits** a uniformly chosen member of
 self-play pool (:meth:`MultiAgentLearner.load_state_dict` with ``learning_state=False``; its own
 random generator and counter stay). It then **explores**: each hyperparameter (``learning_rate``,
 ``ent_coef``) is multiplied by a factor drawn from ``perturb`` and clipped to its bounds.
+
+The schedule's own state is its generator (:meth:`PBT.state_dict`, for checkpoints).
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -31,6 +35,13 @@ class PBT:
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
         self.bounds = {"learning_rate": cfg.lr_bounds, "ent_coef": cfg.ent_bounds}
+
+    def state_dict(self) -> dict:
+        """The generator's state (plain scalars and strings: a weights-only checkpoint)."""
+        return {"rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = json.loads(state["rng"])
 
     def due(self, iteration: int) -> bool:
         return iteration > 0 and iteration % self.cfg.interval == 0

@@ -1,10 +1,20 @@
 """A population run, end to end: config in, run directory out.
 
-:func:`train_population` builds the game and one :class:`MultiAgentLearner` per PBT member, trains
-them side by side (one iteration each, in turn), logs every iteration to ``metrics.jsonl`` (the
-best member's numbers as the headline, every member's return and hyperparameters beside them),
-runs the emergence analysis every ``analysis.every`` iterations, applies PBT, checkpoints, and
-finally evaluates the best member into ``eval.json`` and draws ``plots/``.
+:func:`train_population` builds the game and one :class:`MultiAgentLearner` per PBT member
+(:class:`PopulationTrainer`), trains them side by side (one iteration each, in turn), logs every
+iteration to ``metrics.jsonl`` (the best member's numbers as the headline, every member's return
+and hyperparameters beside them), runs the emergence analysis every ``analysis.every``
+iterations, applies PBT, checkpoints, and finally evaluates the best member into ``eval.json`` and
+draws ``plots/``.
+
+**Resuming.** Every ``run.checkpoint_every`` iterations (and when ``run.stop_after`` stops a run)
+an atomic, weights-only checkpoint (:meth:`RunDir.save_checkpoint`) stores the trainer's whole
+state: every member's parameters, optimiser, hyperparameters, self-play pool, generator and
+counter, the emergence and fitness windows, PBT's generator, and the global RNG states.
+:func:`resume_population` (``metarl population --resume RUN_DIR``) loads the latest readable one,
+drops the metrics rows logged after it and continues; the run then ends with the same metrics
+rows (timing columns aside) and bit-identical parameters as one never interrupted (tested, with
+PBT on).
 """
 
 from __future__ import annotations
@@ -22,13 +32,13 @@ import numpy as np
 import torch
 
 from ..config import write_atomic
-from ..run_dir import RunDir, capture_rng_state
+from ..run_dir import RunDir, capture_rng_state, restore_rng_state
 from ..tracking import Tracker
 from .analysis import (
     behavioural_diversity,
     episode_roles,
+    role_consistency,
     role_counts,
-    role_mutual_information,
     skill_usage,
     specialisation_index,
 )
@@ -40,7 +50,15 @@ from .pbt import PBT
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Emergence", "build_env", "evaluate_learner", "train_population"]
+__all__ = [
+    "Emergence",
+    "PopulationTrainer",
+    "build_env",
+    "evaluate_learner",
+    "open_for_resume",
+    "resume_population",
+    "train_population",
+]
 
 STATUS_FILE = "status.json"
 EVAL_FILE = "eval.json"
@@ -78,13 +96,13 @@ class Emergence:
             self.skills.append(skill_usage(batch.actions, batch.decided, len(self.learner.skills)))
 
     def metrics(self, batch: MultiAgentBatch | None = None) -> dict[str, Any]:
-        """SI, role MI and role coverage over the window; diversity on ``batch``'s states; skill
-        usage fractions per option agent."""
+        """Specialisation index, role consistency and role counts over the window; diversity on
+        ``batch``'s states; skill usage fractions per option agent."""
         out: dict[str, Any] = {}
         if self.n_roles and self.roles:
             counts = np.sum(list(self.roles), axis=0)
             out["specialisation_index"] = specialisation_index(counts)
-            out["role_mi"] = role_mutual_information(counts)
+            out["role_consistency"] = role_consistency(counts)
             out["role_counts"] = counts.tolist()
         if batch is not None:
             out["diversity"] = behavioural_diversity(self.learner, batch.obs, batch.alive)
@@ -101,6 +119,18 @@ class Emergence:
                 for j, name in enumerate(names):
                     out[f"skills/agent{i}/{name}"] = usage[i, j] / total if total else math.nan
         return out
+
+    def state_dict(self) -> dict[str, list]:
+        return {
+            "roles": [torch.from_numpy(c) for c in self.roles],
+            "skills": [torch.from_numpy(c) for c in self.skills],
+        }
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        self.roles.clear()
+        self.roles.extend(c.numpy() for c in state["roles"])
+        self.skills.clear()
+        self.skills.extend(c.numpy() for c in state["skills"])
 
 
 def _scalars(row: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +212,7 @@ def _plot_all(run: RunDir) -> None:
             "approx_kl",
             "explained_variance",
         ],
-        "emergence.png": ["specialisation_index", "role_mi", "diversity"],
+        "emergence.png": ["specialisation_index", "role_consistency", "diversity"],
         "pbt.png": sorted(k for k in logged if k.startswith("member")),
     }
     for name, keys in panels.items():
@@ -197,77 +227,251 @@ def _status(run: RunDir, status: str, iteration: int, total: int, message: str |
     write_atomic(run.path / STATUS_FILE, (json.dumps(body, indent=2) + "\n").encode())
 
 
+class PopulationTrainer:
+    """The state of a population run between iterations: the PBT members, their emergence and
+    fitness windows, PBT's schedule and the iteration counter; :meth:`step` runs one iteration."""
+
+    def __init__(self, cfg: PopulationConfig):
+        self.cfg = cfg
+        self.remote = None  # RayMembers when backend=ray: members and their windows live on actors
+        self.emergence: list[Emergence] = []
+        if cfg.backend == "ray":
+            from .ray_members import RayMembers
+
+            self.remote = RayMembers(cfg, cfg.ray)
+            self.members: list[Any] = list(self.remote.members)
+        else:
+            self.members = [
+                MultiAgentLearner(cfg, build_env(cfg.env), seed=cfg.seed * 101 + m)
+                for m in range(cfg.pbt.members)
+            ]
+            self.emergence = [Emergence(m, cfg.analysis.window) for m in self.members]
+        self.recent: list[deque[float]] = [deque(maxlen=cfg.pbt.window) for _ in self.members]
+        self.pbt = PBT(cfg.pbt, cfg.seed) if cfg.pbt.members > 1 else None
+        self.steps_per_iteration = cfg.env.num_envs * cfg.env.episode_len
+        self.iteration = 0
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.cfg.iterations
+
+    @property
+    def global_step(self) -> int:
+        return self.iteration * self.steps_per_iteration
+
+    def best(self) -> int:
+        """The member with the highest fitness (mean return over its recent iterations)."""
+        fitness = self.fitness()
+        return int(np.nanargmax(fitness)) if any(math.isfinite(f) for f in fitness) else 0
+
+    def fitness(self) -> list[float]:
+        return [float(np.nanmean(r)) if len(r) else math.nan for r in self.recent]
+
+    def step(self) -> dict[str, Any]:
+        """One iteration of every member, the analysis when due, PBT when due; the logged row.
+        A non-finite loss raises ``FloatingPointError`` naming the member."""
+        cfg, it = self.cfg, self.iteration + 1
+        seeds = [
+            seeds_for(cfg.seed * 101 + m, it, cfg.env.num_envs) for m in range(len(self.members))
+        ]
+        batches = []
+        if self.remote is not None:
+            rows = self.remote.train_iteration(seeds)  # in parallel, one actor per member
+        else:
+            rows = []
+            for m, (learner, seed) in enumerate(zip(self.members, seeds)):
+                try:
+                    row, batch = learner.train_iteration(seed)
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"member {m}: {e}") from e
+                rows.append(row)
+                batches.append(batch)
+                self.emergence[m].add(batch)
+        for m, row in enumerate(rows):
+            self.recent[m].append(row["episodic_return"])
+        self.iteration = it
+        fitness = self.fitness()
+        best = self.best()
+        out = dict(rows[best])
+        out["iteration"] = it
+        if it % cfg.analysis.every == 0 or it == cfg.iterations:
+            if self.remote is not None:
+                out.update(self.remote.metrics(best, cfg.analysis.diversity_envs))
+            else:
+                batch = batches[best].select(
+                    torch.arange(min(cfg.analysis.diversity_envs, cfg.env.num_envs))
+                )
+                out.update(self.emergence[best].metrics(batch))
+        if self.pbt is not None:
+            out["best_member"] = best
+            for m, row in enumerate(rows):
+                out[f"member{m}/episodic_return"] = row["episodic_return"]
+                out[f"member{m}/learning_rate"] = self.members[m].hparams["learning_rate"]
+                out[f"member{m}/ent_coef"] = self.members[m].hparams["ent_coef"]
+            if self.pbt.due(it):
+                events = self.pbt.step(self.members, fitness)
+                out["pbt/exploits"] = len(events)
+                for ev in events:
+                    log.info("PBT at iteration %d: %s", it, ev)
+                    self.recent[ev["target"]].clear()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next iterations depend on (a weights-only checkpoint's content)."""
+        if self.remote is not None:
+            states = self.remote.state_dicts()
+            members = [s["learner"] for s in states]
+            emergence = [s["emergence"] for s in states]
+        else:
+            members = [m.state_dict() for m in self.members]
+            emergence = [e.state_dict() for e in self.emergence]
+        return {
+            "iteration": self.iteration,
+            "members": members,
+            "emergence": emergence,
+            "recent": [list(r) for r in self.recent],
+            "pbt": self.pbt.state_dict() if self.pbt is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"iteration", "members", "emergence", "recent", "pbt"} - set(state)
+        if missing:
+            raise ValueError(
+                f"the checkpoint lacks {sorted(missing)}: it predates resumable population runs"
+            )
+        if len(state["members"]) != len(self.members):
+            raise ValueError(
+                f"the checkpoint has {len(state['members'])} PBT members, the config "
+                f"{len(self.members)}"
+            )
+        if self.remote is not None:
+            self.remote.load_state_dicts(
+                [
+                    {"learner": sd, "emergence": em}
+                    for sd, em in zip(state["members"], state["emergence"])
+                ]
+            )
+        else:
+            for learner, sd in zip(self.members, state["members"]):
+                learner.load_state_dict(sd)
+            for emergence, sd in zip(self.emergence, state["emergence"]):
+                emergence.load_state_dict(sd)
+        for recent, values in zip(self.recent, state["recent"]):
+            recent.clear()
+            recent.extend(float(v) for v in values)
+        if self.pbt is not None:
+            self.pbt.load_state_dict(state["pbt"])
+        self.iteration = int(state["iteration"])
+
+    def evaluate(self, member: int, episodes: int, seed: int) -> dict[str, Any]:
+        """The final evaluation of one member (on its actor when backend=ray)."""
+        if self.remote is not None:
+            return self.members[member].evaluate(episodes, seed)
+        return evaluate_learner(self.members[member], episodes, seed)
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+            return
+        for m in self.members:
+            m.env.close()
+
+
 def train_population(
-    cfg: PopulationConfig, run: RunDir | None = None
-) -> tuple[RunDir, dict[str, Any]]:
+    cfg: PopulationConfig, run: RunDir | None = None, resume: bool = False
+) -> tuple[RunDir, dict[str, Any] | None]:
     """Train the population ``cfg`` describes into ``run`` (default: a new run directory under
-    ``cfg.run.root``); returns the run and the final evaluation (also in ``eval.json``)."""
+    ``cfg.run.root``; ``resume``: continue ``run`` from its latest checkpoint). Returns the run
+    and the final evaluation (also in ``eval.json``), or None for the evaluation when
+    ``run.stop_after`` stopped the run early."""
+    if cfg.backend == "ray":
+        from ..backends import require_ray
+        from ..config import ConfigError
+
+        try:
+            require_ray()  # before anything is written
+        except ImportError as e:
+            raise ConfigError(str(e)) from e
+    if run is None:
+        if resume:
+            raise ValueError("resume=True needs the run directory to continue")
+        run = RunDir.create(cfg.run.root, cfg.run.name, cfg, cfg.seed)
+    return _run(cfg, run, resuming=resume)
+
+
+def open_for_resume(
+    run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[RunDir, PopulationConfig]:
+    """The run directory and its config with ``overrides``, which may change only ``run.*`` and
+    ``logging.*`` settings (e.g. ``run.stop_after=null``); raises ``ValueError`` otherwise."""
+    run = RunDir.open(run_dir)
+    for o in overrides:
+        if not o.startswith(("run.", "logging.")):
+            raise ValueError(
+                f"resume override {o!r} would change the experiment; only run.* and logging.* "
+                "settings may change on resume"
+            )
+    return run, run.load_config(PopulationConfig, list(overrides))
+
+
+def resume_population(
+    run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[RunDir, dict[str, Any] | None]:
+    """Continue the run in ``run_dir`` from its latest readable checkpoint (from the start if it
+    was killed before the first one); see :func:`open_for_resume` for ``overrides``."""
+    run, cfg = open_for_resume(run_dir, overrides)
+    return train_population(cfg, run, resume=True)
+
+
+def _run(
+    cfg: PopulationConfig, run: RunDir, resuming: bool
+) -> tuple[RunDir, dict[str, Any] | None]:
     torch.set_num_threads(cfg.run.threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)  # noqa: NPY002 (seeds third-party code that uses it)
     torch.manual_seed(cfg.seed)
-    if run is None:
-        run = RunDir.create(cfg.run.root, cfg.run.name, cfg, cfg.seed)
-    members = [
-        MultiAgentLearner(cfg, build_env(cfg.env), seed=cfg.seed * 101 + m)
-        for m in range(cfg.pbt.members)
-    ]
-    emergence = [Emergence(m, cfg.analysis.window) for m in members]
-    recent = [deque(maxlen=cfg.pbt.window) for _ in members]
-    pbt = PBT(cfg.pbt, cfg.seed) if cfg.pbt.members > 1 else None
-    steps_per_iteration = cfg.env.num_envs * cfg.env.episode_len
-    tracker = Tracker(run, cfg.logging, cfg.iterations, run_config=cfg)
-    _status(run, "running", 0, cfg.iterations)
-    exit_code = 1
+    trainer = PopulationTrainer(cfg)
+    if resuming and run.checkpoints():
+        state = run.load_checkpoint("latest")
+        trainer.load_state_dict(state)
+        restore_rng_state(state["rng"])
+        dropped = run.rewind_metrics(trainer.global_step)
+        log.info(
+            "resumed %s at iteration %d (dropped %d metrics rows logged after the checkpoint)",
+            run.path,
+            trainer.iteration,
+            dropped,
+        )
+    elif resuming:  # killed before the first checkpoint: start over in the same directory
+        run.rewind_metrics(-1)
+    tracker = Tracker(
+        run, cfg.logging, cfg.iterations, trainer.iteration, run_config=cfg, resume=resuming
+    )
+    _status(run, "running", trainer.iteration, cfg.iterations)
+    exit_code, ran = 1, 0
     try:
-        for it in range(1, cfg.iterations + 1):
-            rows, batches = [], []
-            for m, learner in enumerate(members):
-                seed = seeds_for(cfg.seed * 101 + m, it, cfg.env.num_envs)
-                try:
-                    row, batch = learner.train_iteration(seed)
-                except FloatingPointError as e:
-                    _status(run, "diverged", it, cfg.iterations, f"member {m}: {e}")
-                    raise
-                rows.append(row)
-                batches.append(batch)
-                recent[m].append(row["episodic_return"])
-                emergence[m].add(batch)
-            fitness = [float(np.nanmean(r)) if len(r) else math.nan for r in recent]
-            best = int(np.nanargmax(fitness)) if any(math.isfinite(f) for f in fitness) else 0
-            out = dict(rows[best])
-            out["iteration"] = it
-            if it % cfg.analysis.every == 0 or it == cfg.iterations:
-                batch = batches[best].select(
-                    torch.arange(min(cfg.analysis.diversity_envs, cfg.env.num_envs))
-                )
-                out.update(emergence[best].metrics(batch))
-            if pbt is not None:
-                out["best_member"] = best
-                for m, row in enumerate(rows):
-                    out[f"member{m}/episodic_return"] = row["episodic_return"]
-                    out[f"member{m}/learning_rate"] = members[m].hparams["learning_rate"]
-                    out[f"member{m}/ent_coef"] = members[m].hparams["ent_coef"]
-                if pbt.due(it):
-                    events = pbt.step(members, fitness)
-                    out["pbt/exploits"] = len(events)
-                    for ev in events:
-                        log.info("PBT at iteration %d: %s", it, ev)
-                        recent[ev["target"]].clear()
-            tracker.log(it * steps_per_iteration, _scalars(out))
-            if it % cfg.run.checkpoint_every == 0 or it == cfg.iterations:
-                state = {
-                    "iteration": it,
-                    "members": [m.state_dict() for m in members],
-                    "rng": capture_rng_state(),
-                }
-                run.save_checkpoint(it * steps_per_iteration, state, keep=cfg.run.keep_checkpoints)
-        fitness = [float(np.nanmean(r)) if len(r) else math.nan for r in recent]
-        best = int(np.nanargmax(fitness)) if any(math.isfinite(f) for f in fitness) else 0
-        results = evaluate_learner(members[best], cfg.eval_episodes, seed=10**6 + cfg.seed)
+        while not trainer.done:
+            if cfg.run.stop_after is not None and ran >= cfg.run.stop_after:
+                if trainer.iteration % cfg.run.checkpoint_every:
+                    _checkpoint(run, trainer)
+                _status(run, "stopped", trainer.iteration, cfg.iterations)
+                exit_code = 0
+                return run, None
+            try:
+                out = trainer.step()
+            except FloatingPointError as e:
+                _status(run, "diverged", trainer.iteration + 1, cfg.iterations, str(e))
+                raise
+            ran += 1
+            tracker.log(trainer.global_step, _scalars(out))
+            if trainer.iteration % cfg.run.checkpoint_every == 0 or trainer.done:
+                _checkpoint(run, trainer)
+        best = trainer.best()
+        learner = trainer.members[best]
+        results = trainer.evaluate(best, cfg.eval_episodes, seed=10**6 + cfg.seed)
         results["best_member"] = best
-        results["hparams"] = dict(members[best].hparams)
-        results["init_from_skills"] = members[best].init_report
+        results["hparams"] = dict(learner.hparams)
+        results["init_from_skills"] = learner.init_report
         write_atomic(run.path / EVAL_FILE, (json.dumps(results, indent=2) + "\n").encode())
         _plot_all(run)
         tracker.summary({f"eval/{k}": v["mean"] for k, v in results["team_returns"].items()})
@@ -276,5 +480,9 @@ def train_population(
         return run, results
     finally:
         tracker.close(exit_code)
-        for m in members:
-            m.env.close()
+        trainer.close()
+
+
+def _checkpoint(run: RunDir, trainer: PopulationTrainer) -> None:
+    state = {**trainer.state_dict(), "rng": capture_rng_state()}
+    run.save_checkpoint(trainer.global_step, state, keep=trainer.cfg.run.keep_checkpoints)
