@@ -4,6 +4,13 @@
     python experiments/population_compare.py                 # the full comparison
     python experiments/population_compare.py --quick         # smoke test, about a minute
     python experiments/population_compare.py --library DIR   # use an existing goto-skill library
+    python experiments/population_compare.py --arms spread/mappo spread/ippo --seeds 1 2 3 4 5 \
+        --iterations spread=800 --merge                      # re-run some arms, keep the rest
+
+``--merge`` keeps the runs of the existing results file that this invocation does not redo (a run
+is identified by arm, seed and budget) and re-summarises everything; every run records which
+invocation (command, commit, machine) produced it. A comparison is made at every budget at which
+all its arms were run, never across budgets.
 
 The full comparison is 24 runs (8 arms × 3 seeds) plus a ~15 s skill library, about 28
 CPU-minutes in all: ~15 minutes with the default 2 workers on two otherwise idle cores (measured
@@ -18,8 +25,9 @@ Comparisons (every arm trains from its own seed; mean ± 95% CI over seeds, Stud
    "prev": messages from recurrent features, read with attention at the next step) vs without.
 3. **Specialisation** on role gathering (3 agents, 3 resource types): a heterogeneous population
    (Mamba d16, S4D d24, GRU d32, independent parameters, agent ids) vs a homogeneous
-   parameter-shared one (one GRU, no ids). Specialisation index, role mutual information and
-   behavioural diversity of the final policies, and their return.
+   parameter-shared one (one GRU, no ids). Specialisation index (division of labour: agent-role
+   mutual information over its maximum, see ``metarl.population.analysis``), role consistency
+   and behavioural diversity of the final policies, and their return.
 4. **Library skills vs from scratch** on role gathering: option agents choosing among library
    "goto resource k" skills every 5 steps, agents initialised from one library skill (goto0, so
    roles must still be learned), and agents from scratch (same GRU architecture as the skills).
@@ -81,7 +89,7 @@ COMPARISONS = [
     (
         "specialisation: heterogeneous vs homogeneous shared (role gathering)",
         ["role/heterogeneous", "role/homogeneous-shared"],
-        ["specialisation_index", "role_mi", "diversity", "return"],
+        ["specialisation_index", "role_consistency", "diversity", "return"],
     ),
     (
         "library skills vs from scratch (role gathering)",
@@ -95,6 +103,12 @@ FULL = {"spread": 300, "role": 400, "num_envs": 8, "episode_len": 25, "eval_epis
 QUICK = {"spread": 3, "role": 3, "num_envs": 2, "episode_len": 8, "eval_episodes": 2}
 
 
+def run_budget(arm: str, budget: dict) -> dict:
+    """The budget one run of ``arm`` gets (what identifies its runs beside arm and seed)."""
+    keys = ("num_envs", "episode_len", "eval_episodes")
+    return {"iterations": budget[arm.split("/")[0]], **{k: budget[k] for k in keys}}
+
+
 def overrides_for(arm: str, seed: int, budget: dict, root: Path, library: str) -> list[str]:
     family = arm.split("/")[0]
     out = [
@@ -104,7 +118,7 @@ def overrides_for(arm: str, seed: int, budget: dict, root: Path, library: str) -
         f"env.num_envs={budget['num_envs']}",
         f"env.episode_len={budget['episode_len']}",
         f"eval_episodes={budget['eval_episodes']}",
-        f"run.root={root / arm.replace('/', '_')}",
+        f"run.root={root / arm.replace('/', '_') / f'it{budget[family]}'}",
         f"run.name=seed{seed}",
         "run.threads=1",
         "logging.progress=false",
@@ -115,7 +129,7 @@ def overrides_for(arm: str, seed: int, budget: dict, root: Path, library: str) -
     return out
 
 
-def run_arm(job: tuple[str, int, list[str]]) -> dict:
+def run_arm(job: tuple[str, int, list[str], dict]) -> dict:
     """One training run (in a worker process); its headline numbers."""
     import torch
 
@@ -123,7 +137,7 @@ def run_arm(job: tuple[str, int, list[str]]) -> dict:
     from metarl.population import PopulationConfig, train_population
 
     torch.set_num_threads(1)
-    arm, seed, overrides = job
+    arm, seed, overrides, budget = job
     cfg = load_config(PopulationConfig, None, overrides)
     start, cpu = time.perf_counter(), time.process_time()
     run, results = train_population(cfg)
@@ -134,6 +148,7 @@ def run_arm(job: tuple[str, int, list[str]]) -> dict:
     return {
         "arm": arm,
         "seed": seed,
+        "budget": budget,
         "run_dir": str(run.path),
         "wall_s": wall,
         "cpu_s": cpu,
@@ -141,7 +156,8 @@ def run_arm(job: tuple[str, int, list[str]]) -> dict:
         "train_return": float(np.mean(tail)),
         "auc_return": float(np.mean(returns)),
         "specialisation_index": results.get("specialisation_index", math.nan),
-        "role_mi": results.get("role_mi", math.nan),
+        "role_consistency": results.get("role_consistency", math.nan),
+        "role_counts": results.get("role_counts"),
         "diversity": results.get("diversity", math.nan),
         "skill_usage": {k: v for k, v in results.items() if k.startswith("skills/")},
         "hparams": results["hparams"],
@@ -181,35 +197,60 @@ def difference_ci(a: list[float], b: list[float]) -> dict:
     return {"diff": float(a.mean() - b.mean()), "ci95": t_critical(max(1, int(df))) * se}
 
 
+METRICS = [
+    "return",
+    "train_return",
+    "auc_return",
+    "specialisation_index",
+    "role_consistency",
+    "diversity",
+    "wall_s",
+    "cpu_s",
+]
+
+
+def budget_key(budget: dict) -> str:
+    return json.dumps(budget, sort_keys=True)
+
+
 def summarise(runs: list[dict]) -> dict:
-    by_arm: dict[str, list[dict]] = {}
+    """Mean ± CI per (arm, budget); each comparison at every budget all its arms were run at."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
-        by_arm.setdefault(r["arm"], []).append(r)
-    metrics = [
-        "return",
-        "train_return",
-        "auc_return",
-        "specialisation_index",
-        "role_mi",
-        "diversity",
-        "wall_s",
-        "cpu_s",
+        groups.setdefault((r["arm"], budget_key(r["budget"])), []).append(r)
+    arms = [
+        {
+            "arm": arm,
+            "budget": json.loads(b),
+            "seeds": sorted(r["seed"] for r in rs),
+            **{m: mean_ci([r.get(m, math.nan) for r in rs]) for m in METRICS},
+        }
+        for (arm, b), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1]))
     ]
-    arms = {
-        arm: {m: mean_ci([r[m] for r in rs]) for m in metrics} for arm, rs in sorted(by_arm.items())
-    }
     comparisons = []
     for title, names, shown in COMPARISONS:
-        if not all(n in by_arm for n in names):
-            continue
-        diffs = {
-            f"{names[0]} - {other}": {
-                m: difference_ci([r[m] for r in by_arm[names[0]]], [r[m] for r in by_arm[other]])
-                for m in shown
+        shared = set.intersection(*({b for a, b in groups if a == n} for n in names))
+        for b in sorted(shared, key=lambda b: -json.loads(b)["iterations"]):
+            by_arm = {n: groups[(n, b)] for n in names}
+            diffs = {
+                f"{names[0]} - {other}": {
+                    m: difference_ci(
+                        [r.get(m, math.nan) for r in by_arm[names[0]]],
+                        [r.get(m, math.nan) for r in by_arm[other]],
+                    )
+                    for m in shown
+                }
+                for other in names[1:]
             }
-            for other in names[1:]
-        }
-        comparisons.append({"title": title, "arms": names, "metrics": shown, "differences": diffs})
+            comparisons.append(
+                {
+                    "title": title,
+                    "budget": json.loads(b),
+                    "arms": names,
+                    "metrics": shown,
+                    "differences": diffs,
+                }
+            )
     return {"arms": arms, "comparisons": comparisons}
 
 
@@ -222,39 +263,83 @@ def fmt(d: dict) -> str:
 
 def markdown(payload: dict) -> str:
     s = payload["summary"]
-    lines = [
-        "# Population comparison",
+    lines = ["# Population comparison", "", "Invocations whose runs are summarised here:", ""]
+    for i, inv in enumerate(payload["invocations"]):
+        lines.append(
+            f"{i}. `{inv['command']}`: commit {inv['commit']}; arms {', '.join(inv['arms'])}; "
+            f"seeds {inv['seeds']}; {inv['wall_s'] / 60:.1f} min wall with {inv['workers']} "
+            f"workers ({inv['cpu_s'] / 60:.1f} CPU-minutes in the runs); "
+            f"{inv['machine'].get('cpus')} CPUs, torch {inv['machine'].get('torch')}."
+        )
+    lines += [
         "",
-        f"Command: `{payload['meta']['command']}`  ",
-        f"Commit: {payload['meta']['commit']}; seeds {payload['seeds']}; budget "
-        f"{json.dumps(payload['budget'])}; total wall time {payload['wall_s'] / 60:.1f} min "
-        f"with {payload['workers']} workers ({payload['cpu_s'] / 60:.1f} CPU-minutes in the "
-        "runs: the wall time on uncontended cores is about that divided by the workers).",
-        "",
-        "Mean ± 95% CI over seeds (Student t; with 3 seeds the intervals are wide).",
+        "Mean ± 95% CI over seeds (Student t); differences with a Welch 95% CI. A budget is "
+        "`iterations` × `num_envs` episodes of `episode_len` steps; every arm of a comparison "
+        "has the same budget. The specialisation index is I(agent; role) / I_max(N, K): 1 for "
+        "agents in distinct, consistent roles, 0 when the role does not depend on the agent; "
+        "role consistency is 1 - mean_i H(role | agent i) / log K (1 also when every agent "
+        "takes the same role).",
         "",
     ]
     for comp in s["comparisons"]:
-        lines += [f"## {comp['title']}", ""]
-        header = "| arm | " + " | ".join(comp["metrics"]) + " | wall s | cpu s |"
-        lines += [header, "|" + "---|" * (len(comp["metrics"]) + 3)]
+        b = comp["budget"]
+        lines += [
+            f"## {comp['title']}: {b['iterations']} iterations",
+            "",
+            f"Budget {json.dumps(b)}.",
+            "",
+        ]
+        header = "| arm | seeds | " + " | ".join(comp["metrics"]) + " | wall s | cpu s |"
+        lines += [header, "|" + "---|" * (len(comp["metrics"]) + 4)]
         for arm in comp["arms"]:
-            a = s["arms"][arm]
+            (a,) = [x for x in s["arms"] if x["arm"] == arm and x["budget"] == b]
             cells = " | ".join(fmt(a[m]) for m in comp["metrics"])
             lines.append(
-                f"| {arm} | {cells} | {a['wall_s']['mean']:.0f} | {a['cpu_s']['mean']:.0f} |"
+                f"| {arm} | {len(a['seeds'])} | {cells} | {a['wall_s']['mean']:.0f} | "
+                f"{a['cpu_s']['mean']:.0f} |"
             )
         lines.append("")
         for name, diffs in comp["differences"].items():
             parts = []
             for m, d in diffs.items():
                 ci = d.get("ci95", math.nan)
+                if not math.isfinite(d["diff"]):
+                    parts.append(f"{m} n/a")
+                    continue
                 parts.append(
                     f"{m} {d['diff']:+.3f}" + (f" ± {ci:.3f}" if math.isfinite(ci) else "")
                 )
             lines.append(f"- {name}: " + "; ".join(parts) + " (Welch 95% CI)")
         lines.append("")
     return "\n".join(lines)
+
+
+def previous_runs(path: Path) -> tuple[list[dict], list[dict]]:
+    """The runs and invocations of an existing results file (an older file without per-run
+    budgets is read as one invocation with its one budget)."""
+    if not path.exists():
+        return [], []
+    old = json.loads(path.read_text())
+    if "invocations" in old:
+        return old["runs"], old["invocations"]
+    invocation = {
+        **old["meta"],
+        "workers": old["workers"],
+        "seeds": old["seeds"],
+        "arms": sorted(old["arms"]),
+        "budget": old["budget"],
+        "library": old.get("library"),
+        "wall_s": old["wall_s"],
+        "cpu_s": old["cpu_s"],
+    }
+    runs = []
+    for r in old["runs"]:
+        r = {**r, "budget": run_budget(r["arm"], old["budget"]), "invocation": 0}
+        # such files predate the division-of-labour index: theirs is now role_consistency
+        r["role_consistency"] = r.pop("specialisation_index", math.nan)
+        r["specialisation_index"] = math.nan
+        runs.append(r)
+    return runs, [invocation]
 
 
 def main() -> int:
@@ -266,12 +351,29 @@ def main() -> int:
     ap.add_argument("--root", default="runs/population_compare", help="run directories go here")
     ap.add_argument("--arms", nargs="+", default=None, help=f"subset of {sorted(ARMS)}")
     ap.add_argument(
+        "--iterations",
+        nargs="+",
+        default=[],
+        metavar="FAMILY=N",
+        help="training iterations per arm family, e.g. spread=800 (default: the budget's)",
+    )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the runs of the existing results file that this invocation does not redo",
+    )
+    ap.add_argument(
         "--out",
         default=None,
         help="results path without suffix (default: experiments/results/population_compare)",
     )
     args = ap.parse_args()
-    budget = QUICK if args.quick else FULL
+    budget = dict(QUICK if args.quick else FULL)
+    for item in args.iterations:
+        family, _, n = item.partition("=")
+        if family not in ("spread", "role") or not n.isdigit() or int(n) < 1:
+            ap.error(f"--iterations takes spread=N or role=N, got {item!r}")
+        budget[family] = int(n)
     seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
     root = Path(args.root) / ("quick" if args.quick else "full")
     arms = args.arms or list(ARMS)
@@ -284,7 +386,11 @@ def main() -> int:
         from population_skills import build_goto_library
 
         library = str(build_goto_library(root / "goto_library", steps=40 if args.quick else 300))
-    jobs = [(a, s, overrides_for(a, s, budget, root, library)) for a in arms for s in seeds]
+    jobs = [
+        (a, s, overrides_for(a, s, budget, root, library), run_budget(a, budget))
+        for a in arms
+        for s in seeds
+    ]
     print(f"{len(jobs)} runs on {args.workers} workers")
     runs = []
     ctx = mp.get_context("spawn")
@@ -297,20 +403,6 @@ def main() -> int:
                 f"({r['cpu_s']:.0f} s cpu)",
                 flush=True,
             )
-    runs.sort(key=lambda r: (r["arm"], r["seed"]))
-    payload = {
-        "meta": run_metadata(),
-        "quick": args.quick,
-        "seeds": seeds,
-        "budget": budget,
-        "workers": args.workers,
-        "library": library,
-        "arms": {a: ARMS[a] for a in arms},
-        "wall_s": time.perf_counter() - start,
-        "cpu_s": sum(r["cpu_s"] for r in runs),
-        "summary": summarise(runs),
-        "runs": runs,
-    }
     # a smoke test's numbers are not results: they stay beside its run directories
     if args.out is not None:
         out = Path(args.out)
@@ -318,10 +410,39 @@ def main() -> int:
         out = root / "population_compare_quick"
     else:
         out = RESULTS / "population_compare"
+    kept, invocations = previous_runs(out.with_suffix(".json")) if args.merge else ([], [])
+    redone = {(r["arm"], r["seed"], budget_key(r["budget"])) for r in runs}
+    kept = [r for r in kept if (r["arm"], r["seed"], budget_key(r["budget"])) not in redone]
+    used = sorted({r["invocation"] for r in kept})
+    invocations = [invocations[i] for i in used]
+    kept = [{**r, "invocation": used.index(r["invocation"])} for r in kept]
+    meta = run_metadata()
+    invocations.append(
+        {
+            **meta,
+            "workers": args.workers,
+            "seeds": seeds,
+            "arms": arms,
+            "budget": budget,
+            "library": library,
+            "wall_s": time.perf_counter() - start,
+            "cpu_s": sum(r["cpu_s"] for r in runs),
+        }
+    )
+    runs = kept + [{**r, "invocation": len(invocations) - 1} for r in runs]
+    runs.sort(key=lambda r: (r["arm"], r["budget"]["iterations"], r["seed"]))
+    payload = {
+        "meta": meta,
+        "quick": args.quick,
+        "arms": ARMS,
+        "invocations": invocations,
+        "summary": summarise(runs),
+        "runs": runs,
+    }
     write_json_atomic(out.with_suffix(".json"), payload)
     write_text_atomic(out.with_suffix(".md"), markdown(payload) + "\n")
     print(markdown(payload))
-    print(f"wrote {out}.json/.md in {payload['wall_s'] / 60:.1f} min")
+    print(f"wrote {out}.json/.md in {invocations[-1]['wall_s'] / 60:.1f} min")
     return 0
 
 
