@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from . import backend as _backend
 from .base import SequenceLayer, State
+from .scan import stack_steps
 
 
 class _RNN(SequenceLayer):
@@ -42,13 +43,16 @@ class _RNN(SequenceLayer):
         if resets is None and not _backend.functorch_active():
             return self._fused_sequence(x, state)
         keep = None if resets is None else (~resets).to(x.dtype)
+        # unbind / stack_steps rather than x[:, t] / torch.stack: their backwards stay O(L) when
+        # differentiated again (MAML), where select's allocates a whole-sequence zero per step
+        keeps = None if keep is None else keep.unbind(1)  # (B,) per step
         ys = []
-        for t in range(x.shape[1]):
-            if keep is not None:
-                state = tuple(s * keep[:, t, None] for s in state)
-            y, state = self._step(x[:, t], state)
+        for t, x_t in enumerate(x.unbind(1)):
+            if keeps is not None:
+                state = tuple(s * keeps[t][:, None] for s in state)
+            y, state = self._step(x_t, state)
             ys.append(y)
-        return torch.stack(ys, dim=1), state
+        return stack_steps(ys, dim=1), state
 
 
 class GRU(_RNN):

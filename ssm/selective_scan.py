@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import backend as _backend
+from .scan import stack_steps
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias, initial_state, resets):
@@ -120,8 +121,9 @@ def selective_scan_ref(
     if C.dim() == 4:
         C = C.repeat_interleave(dim // C.shape[1], dim=1)  # (b g n l) -> (b (g h) n l)
 
-    # Per-step slices come from unbind (one cheap backward for all steps), and each step works on
-    # (B, D, N) tensors only: nothing of size B·D·L·N is materialised, in forward or backward.
+    # Per-step slices come from unbind (one cheap backward for all steps), outputs are joined by
+    # stack_steps (likewise), and each step works on (B, D, N) tensors only: nothing of size
+    # B·D·L·N is materialised, in forward or backward.
     def per_step(M: Tensor) -> list[Tensor]:
         if M.dim() == 2:  # fixed (D, N)
             return [M] * length
@@ -143,7 +145,7 @@ def selective_scan_ref(
         dt = deltas[t][..., None]  # (B D 1)
         h = torch.exp(dt * A) * h + (dt * us[t][..., None]) * Bs[t]  # (B D N)
         ys.append((h * Cs[t]).sum(-1))  # (B D)
-    y = torch.stack(ys, dim=2)  # (B D L)
+    y = stack_steps(ys, dim=-1)  # (B D L)
     if y.is_complex():
         y = y.real * 2
     out = _finish(y, u, D, z).to(dtype_in)
