@@ -23,6 +23,7 @@ target: >= 5x on CPU) and the largest difference between the two gradients. Writ
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -64,7 +65,7 @@ def main() -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--no-loop", action="store_true", help="skip the torch.func loop timing")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (a smoke test)")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="results JSON path (.md beside it)")
     args = ap.parse_args()
     if args.quick:
         args.tasks, args.episodes, args.steps, args.d_model, args.repeats = 4, 3, 20, 16, 1
@@ -157,11 +158,14 @@ def main() -> int:
         },
         "inner_steps": args.inner_steps,
         "repeats": args.repeats,
+        # glibc malloc tunables change timings (not results): recorded with them
+        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
     }
     result = {
         "seconds_per_meta_gradient": med,
         "samples": samples,
         "speedup_vmap_vs_higher": speedup,
+        "speedup_per_repeat": [h / v for h, v in zip(samples["higher"], samples["vmap"])],
         "target_speedup": 5.0,
         "passed": speedup >= 5.0,
         "max_abs_grad_difference": diff,
@@ -178,6 +182,9 @@ def main() -> int:
         f"parameters, {args.dtype}",
         f"- meta-batch: {args.tasks} nav2d tasks x {args.episodes} trajectories x {args.steps} "
         f"steps, {args.inner_steps} inner step(s)",
+        f"- glibc malloc environment: {meta['malloc_env'] or 'defaults'}",
+        "- per-repeat samples (s): "
+        + "; ".join(f"{k} {', '.join(f'{x:.2f}' for x in v)}" for k, v in samples.items() if v),
         "",
         "| implementation | median s / meta-gradient |",
         "|---|---:|",
