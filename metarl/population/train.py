@@ -306,8 +306,8 @@ class PopulationTrainer:
             out["best_member"] = best
             for m, row in enumerate(rows):
                 out[f"member{m}/episodic_return"] = row["episodic_return"]
-                out[f"member{m}/learning_rate"] = self.members[m].hparams["learning_rate"]
-                out[f"member{m}/ent_coef"] = self.members[m].hparams["ent_coef"]
+                out[f"member{m}/learning_rate"] = row["learning_rate"]  # the member's hparams
+                out[f"member{m}/ent_coef"] = row["ent_coef"]  # (no round trip to a Ray actor)
             if self.pbt.due(it):
                 events = self.pbt.step(self.members, fitness)
                 out["pbt/exploits"] = len(events)
