@@ -7,7 +7,14 @@ install command when Ray is missing.
 
 from .collector import Collector, LocalCollector, TaskSet, task_slices
 from .config import RayConfig
-from .ray_collector import INSTALL_HINT, RayCollector, WorkerLost, make_collector, require_ray
+from .ray_collector import (
+    INSTALL_HINT,
+    RayCollector,
+    WorkerLost,
+    connect_ray,
+    make_collector,
+    require_ray,
+)
 
 __all__ = [
     "INSTALL_HINT",
@@ -17,6 +24,7 @@ __all__ = [
     "RayConfig",
     "TaskSet",
     "WorkerLost",
+    "connect_ray",
     "make_collector",
     "require_ray",
     "task_slices",

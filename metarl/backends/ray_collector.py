@@ -42,7 +42,14 @@ from .collector import Collector, TaskSet, task_slices
 from .config import RayConfig
 from .worker import RolloutWorker, SliceRequest
 
-__all__ = ["INSTALL_HINT", "RayCollector", "WorkerLost", "make_collector", "require_ray"]
+__all__ = [
+    "INSTALL_HINT",
+    "RayCollector",
+    "WorkerLost",
+    "connect_ray",
+    "make_collector",
+    "require_ray",
+]
 
 log = logging.getLogger("metarl.backends")
 
@@ -63,6 +70,23 @@ def require_ray():
             f"{INSTALL_HINT}; or set backend: local"
         ) from e
     return ray
+
+
+def connect_ray(config: RayConfig):
+    """Check ``config``, then join the Ray instance it names (or the one already initialised in
+    this process, or a new local one); returns ``(ray, started)``, ``started`` telling whether
+    this call started it (and so whose ``ray.shutdown()`` it is)."""
+    config.check()
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray, False
+    kw: dict[str, Any] = dict(
+        address=config.address, include_dashboard=False, log_to_driver=config.log_to_driver
+    )
+    if config.num_cpus is not None and config.address is None:
+        kw["num_cpus"] = config.num_cpus
+    ray.init(**kw)
+    return ray, True
 
 
 def _cpu_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -128,20 +152,8 @@ class RayCollector(Collector):
         meta_config: Any = None,
     ):
         super().__init__(policy, family, vectorize)
-        config.check()
-        ray = require_ray()
+        ray, self.started_ray = connect_ray(config)
         self.ray, self.config = ray, config
-        self.started_ray = False
-        if not ray.is_initialized():
-            kw: dict[str, Any] = dict(
-                address=config.address,
-                include_dashboard=False,
-                log_to_driver=config.log_to_driver,
-            )
-            if config.num_cpus is not None and config.address is None:
-                kw["num_cpus"] = config.num_cpus
-            ray.init(**kw)
-            self.started_ray = True
         self.device = next(policy.parameters()).device
         self._actor = ray.remote(RolloutWorker)
         self._policy_ref = ray.put(copy.deepcopy(policy).cpu())

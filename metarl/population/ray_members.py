@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from metarl.backends import RayConfig, WorkerLost, require_ray
+from metarl.backends import RayConfig, WorkerLost, connect_ray
 
 from .config import PopulationConfig
 
@@ -135,20 +135,8 @@ class RayMembers:
     """``cfg.pbt.members`` member actors on Ray (see the module docstring)."""
 
     def __init__(self, cfg: PopulationConfig, ray_cfg: RayConfig):
-        ray_cfg.check()
-        ray = require_ray()
+        ray, self.started_ray = connect_ray(ray_cfg)
         self.ray, self.cfg, self.ray_cfg = ray, cfg, ray_cfg
-        self.started_ray = False
-        if not ray.is_initialized():
-            kw: dict[str, Any] = dict(
-                address=ray_cfg.address,
-                include_dashboard=False,
-                log_to_driver=ray_cfg.log_to_driver,
-            )
-            if ray_cfg.num_cpus is not None and ray_cfg.address is None:
-                kw["num_cpus"] = ray_cfg.num_cpus
-            ray.init(**kw)
-            self.started_ray = True
         self._actor_cls = ray.remote(MemberWorker)
         n = cfg.pbt.members
         self.actors = [self._spawn(m) for m in range(n)]
