@@ -75,6 +75,26 @@ def test_vmap_and_loop_give_the_same_meta_gradient(kind, first_order):
     assert a.stats["outer_loss"] == pytest.approx(b.stats["outer_loss"], abs=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["gru", "mamba"])
+def test_vmap_in_task_chunks_gives_the_same_meta_gradient(kind):
+    learner, sup, qry = setup(kind)  # 3 tasks: chunks of 2 leave a remainder
+    whole = learner.meta_gradient(sup, qry).grads
+    learner.vmap_chunk = 2
+    try:
+        chunked = learner.meta_gradient(sup, qry).grads
+    finally:
+        learner.vmap_chunk = None
+    for name in whole:
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-10, atol=1e-13)
+
+
+def test_a_bad_vmap_chunk_is_refused():
+    policy, _ = tiny_policy("gru", max_episode_steps=6)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="vmap_chunk"):
+            MAML(policy, inner_lr=0.1, vmap_chunk=bad)
+
+
 def test_fomaml_is_the_gradient_at_the_adapted_parameters_with_stop_gradient():
     learner, sup, qry = setup("gru")
     fo = learner.meta_gradient(sup, qry, first_order=True).grads

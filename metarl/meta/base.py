@@ -89,6 +89,9 @@ class MetaLearner(abc.ABC):
         vf_coef: critic regression weight, with ``baseline="critic"``.
         vectorize: ``vmap`` over tasks (else a Python loop; a failing vmap falls back to the
             loop with a logged warning).
+        vmap_chunk: tasks per vmapped call (None: the whole meta-batch in one). Smaller chunks
+            bound the size of every intermediate tensor; on CPU that can be faster (see the
+            README's meta-gradient benchmark). Values are the same either way.
         check_second_order: probe the policy's second derivatives once before the first
             second-order meta-gradient (see :func:`second_order_error`).
     """
@@ -109,8 +112,11 @@ class MetaLearner(abc.ABC):
         vf_coef: float = 0.5,
         vectorize: bool = True,
         check_second_order: bool = True,
+        vmap_chunk: int | None = None,
     ):
         _check_lr_steps(inner_lr, inner_steps)
+        if vmap_chunk is not None and (not isinstance(vmap_chunk, int) or vmap_chunk < 1):
+            raise ValueError(f"vmap_chunk must be None or an int >= 1, got {vmap_chunk!r}")
         if inner_objective not in INNER_OBJECTIVES:
             raise ValueError(f"inner_objective must be one of {INNER_OBJECTIVES}")
         if baseline not in BASELINES:
@@ -125,7 +131,7 @@ class MetaLearner(abc.ABC):
             baseline,
             norm_adv,
         )
-        self.vf_coef, self.vectorize = vf_coef, vectorize
+        self.vf_coef, self.vectorize, self.vmap_chunk = vf_coef, vectorize, vmap_chunk
         self.check_second_order, self._second_order_checked = check_second_order, False
 
     # -- parameters -----------------------------------------------------------------------------
@@ -220,7 +226,7 @@ class MetaLearner(abc.ABC):
     def _map(self, fn, args, in_dims):
         if self.vectorize:
             try:
-                return F.map_tasks(fn, args, in_dims, vectorize=True)
+                return F.map_tasks(fn, args, in_dims, vectorize=True, chunk=self.vmap_chunk)
             except RuntimeError as e:
                 log.warning(
                     "metarl.meta: vmap over tasks failed (%s: %s); falling back to a Python loop "

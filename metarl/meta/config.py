@@ -83,6 +83,8 @@ class MetaConfig:
     """critic regression weight (baseline='critic' only)"""
     vectorize: bool = True
     """vmap the inner loop over tasks (if vmap fails: a Python loop, with a logged warning)"""
+    vmap_chunk: int | None = None
+    """tasks per vmapped call (null: the whole meta-batch at once; smaller bounds memory)"""
     iterations: int = 500
     """outer iterations"""
     seed: int = 1
@@ -94,6 +96,10 @@ class MetaConfig:
                 raise ValueError(msg)
 
         need(self.algo in ALGOS, f"algo must be one of {ALGOS}, got {self.algo!r}")
+        need(
+            self.vmap_chunk is None or self.vmap_chunk >= 1,
+            f"vmap_chunk must be null or >= 1, got {self.vmap_chunk}",
+        )
         need(self.trpo_fisher in ("exact", "first_order"), "trpo_fisher: 'exact' or 'first_order'")
         need(self.outer in OUTERS, f"outer must be one of {OUTERS}, got {self.outer!r}")
         need(self.lr_mode in LR_MODES, f"lr_mode must be one of {LR_MODES}, got {self.lr_mode!r}")

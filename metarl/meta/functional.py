@@ -80,16 +80,21 @@ def gradient_step(
 
 # -- mapping over tasks ---------------------------------------------------------------------------
 def map_tasks(
-    fn: Callable[..., Any], args: Sequence[Any], in_dims: Sequence[int | None], vectorize: bool
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    in_dims: Sequence[int | None],
+    vectorize: bool,
+    chunk: int | None = None,
 ) -> Any:
     """``fn`` applied per task, outputs stacked over a leading task axis.
 
-    ``vectorize``: one ``torch.func.vmap`` over the task axis of the arguments whose ``in_dims``
-    is 0 (the others, e.g. the shared initial parameters, are broadcast). Otherwise a Python loop
-    that computes the same values; it is the reference the vmap path is tested against.
+    ``vectorize``: ``torch.func.vmap`` over the task axis of the arguments whose ``in_dims`` is 0
+    (the others, e.g. the shared initial parameters, are broadcast), ``chunk`` tasks per vmapped
+    call (None: all at once). Otherwise a Python loop that computes the same values; it is the
+    reference the vmap path is tested against.
     """
     if vectorize:
-        return vmap(fn, in_dims=tuple(in_dims))(*args)
+        return vmap(fn, in_dims=tuple(in_dims), chunk_size=chunk)(*args)
     mapped = [a for a, d in zip(args, in_dims) if d is not None]
     n = pytree.tree_leaves(mapped[0])[0].shape[0]
     outs = []

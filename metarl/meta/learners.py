@@ -48,6 +48,7 @@ def make_learner(policy: SequencePolicy, config: MetaConfig) -> MetaLearner:
         norm_adv=config.norm_adv,
         vf_coef=config.vf_coef,
         vectorize=config.vectorize,
+        vmap_chunk=config.vmap_chunk,
     )
     if config.algo in ("maml", "fomaml"):
         return MAML(
