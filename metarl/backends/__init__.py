@@ -12,6 +12,7 @@ from .ray_collector import (
     RayCollector,
     WorkerLost,
     connect_ray,
+    gather_retrying,
     make_collector,
     require_ray,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "TaskSet",
     "WorkerLost",
     "connect_ray",
+    "gather_retrying",
     "make_collector",
     "require_ray",
     "task_slices",

@@ -47,6 +47,7 @@ __all__ = [
     "RayCollector",
     "WorkerLost",
     "connect_ray",
+    "gather_retrying",
     "make_collector",
     "require_ray",
 ]
@@ -87,6 +88,55 @@ def connect_ray(config: RayConfig):
         kw["num_cpus"] = config.num_cpus
     ray.init(**kw)
     return ray, True
+
+
+def gather_retrying(
+    ray,
+    n: int,
+    submit: Callable[[int], Any],
+    replace: Callable[[int], None],
+    max_failures: int,
+    what: str,
+    failures: int = 0,
+) -> tuple[list[Any], int]:
+    """Results of ``submit(i)`` (an object ref) for ``i`` in ``0..n-1``, gathered as they finish.
+
+    When the actor behind ``i`` dies, ``replace(i)`` gives it a fresh one and ``submit(i)`` runs
+    again (the lost attempt never returned, so nothing is counted twice); more than
+    ``max_failures`` losses of one ``i`` raise :class:`WorkerLost`. A ``FloatingPointError``
+    raised in an actor (a diverged loss) is re-raised naming ``what`` and ``i``. Returns the
+    results in order and ``failures`` plus the number of actors lost.
+    """
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    pending = {submit(i): (i, 0) for i in range(n)}
+    results: list[Any] = [None] * n
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        i, failed = pending.pop(ref)
+        try:
+            results[i] = ray.get(ref)
+        except FloatingPointError as e:  # Ray re-raises an actor's error as its own type
+            raise FloatingPointError(f"{what} {i}: {e}") from e
+        except (RayActorError, ActorUnavailableError) as e:
+            failures += 1
+            failed += 1
+            if failed > max_failures:
+                raise WorkerLost(
+                    f"{what} {i} was lost to a dying actor {failed} times "
+                    f"(ray.max_failures={max_failures}): {e}"
+                ) from e
+            log.warning(
+                "metarl.backends: the actor of %s %d died (%s); replacing it and running its "
+                "work again (attempt %d)",
+                what,
+                i,
+                type(e).__name__,
+                failed + 1,
+            )
+            replace(i)
+            pending[submit(i)] = (i, failed)
+    return results, failures
 
 
 def _cpu_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -188,32 +238,15 @@ class RayCollector(Collector):
     def _run(self, n: int, call: Callable[[Any, int], Any]) -> list[Any]:
         """``call(worker_i, i)`` for slices ``0..n-1`` in parallel; a slice whose worker dies is
         re-run on a replacement worker (up to ``max_failures`` times)."""
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
-        pending = {call(self.workers[i], i): (i, 0) for i in range(n)}
-        results: list[Any] = [None] * n
-        while pending:
-            (ref,), _ = self.ray.wait(list(pending), num_returns=1)
-            i, failed = pending.pop(ref)
-            try:
-                results[i] = self.ray.get(ref)
-            except (RayActorError, ActorUnavailableError) as e:
-                self.failures += 1
-                failed += 1
-                if failed > self.config.max_failures:
-                    raise WorkerLost(
-                        f"slice {i} was lost to a dying worker {failed} times "
-                        f"(ray.max_failures={self.config.max_failures}): {e}"
-                    ) from e
-                log.warning(
-                    "metarl.backends: worker %d died (%s); replacing it and re-collecting its "
-                    "slice (attempt %d)",
-                    i,
-                    type(e).__name__,
-                    failed + 1,
-                )
-                self._replace(i)
-                pending[call(self.workers[i], i)] = (i, failed)
+        results, self.failures = gather_retrying(
+            self.ray,
+            n,
+            lambda i: call(self.workers[i], i),
+            self._replace,
+            self.config.max_failures,
+            "slice",
+            self.failures,
+        )
         return results
 
     @staticmethod

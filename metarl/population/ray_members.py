@@ -16,18 +16,15 @@ if nothing had happened, and the lost attempt's episodes are never counted.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
-from metarl.backends import RayConfig, WorkerLost, connect_ray
+from metarl.backends import RayConfig, connect_ray, gather_retrying
 
 from .config import PopulationConfig
 
 __all__ = ["MemberWorker", "RayMembers"]
-
-log = logging.getLogger("metarl.population")
 
 
 class MemberWorker:
@@ -163,34 +160,19 @@ class RayMembers:
     def train_iteration(self, seeds: list[int]) -> list[dict[str, float]]:
         """Every member's iteration in parallel (``seeds[m]`` for member ``m``); a member whose
         actor dies is restarted from its last state and re-runs the iteration."""
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
-        pending = {
-            a.train_iteration.remote(s): (m, 0) for m, (a, s) in enumerate(zip(self.actors, seeds))
-        }
-        rows: list[Any] = [None] * len(self.actors)
-        while pending:
-            (ref,), _ = self.ray.wait(list(pending), num_returns=1)
-            m, failed = pending.pop(ref)
-            try:
-                rows[m], self.states[m] = self.ray.get(ref)
-            except FloatingPointError as e:  # Ray re-raises the actor's error as its own type
-                raise FloatingPointError(f"member {m}: {e}") from e
-            except (RayActorError, ActorUnavailableError) as e:
-                self.failures += 1
-                failed += 1
-                if failed > self.ray_cfg.max_failures:
-                    raise WorkerLost(
-                        f"member {m} was lost {failed} times (ray.max_failures="
-                        f"{self.ray_cfg.max_failures}): {e}"
-                    ) from e
-                log.warning(
-                    "metarl.population: member %d's actor died; restarting it from its "
-                    "last state and re-running the iteration",
-                    m,
-                )
-                self._replace(m)
-                pending[self.actors[m].train_iteration.remote(seeds[m])] = (m, failed)
+        out, self.failures = gather_retrying(
+            self.ray,
+            len(self.actors),
+            lambda m: self.actors[m].train_iteration.remote(seeds[m]),
+            self._replace,
+            self.ray_cfg.max_failures,
+            "member",
+            self.failures,
+        )
+        rows = []
+        for m, (row, state) in enumerate(out):
+            rows.append(row)
+            self.states[m] = state
         return rows
 
     def metrics(self, m: int, diversity_envs: int) -> dict[str, Any]:
