@@ -68,7 +68,10 @@ class _StackSteps(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.dim = inputs[0]
-        ctx.like = output.select(ctx.dim, 0)  # a step's shape and dtype, for absent tangents
+        # a step's shape, dtype and device for absent tangents (metadata only: a tensor view of
+        # the output kept on ctx would tie output -> grad_fn -> ctx -> output in a cycle)
+        step = output.select(ctx.dim, 0)
+        ctx.step_meta = (step.shape, step.dtype, step.device)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -76,14 +79,11 @@ class _StackSteps(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _dim, *tangents: Tensor | None) -> Tensor:  # forward mode (HVPs)
-        zero = None
-        steps = []
-        for t in tangents:
-            if t is None:
-                zero = torch.zeros_like(ctx.like) if zero is None else zero
-                t = zero
-            steps.append(t)
-        return torch.stack(steps, dim=ctx.dim)
+        if any(t is None for t in tangents):
+            shape, dtype, device = ctx.step_meta
+            zero = torch.zeros(shape, dtype=dtype, device=device)
+            tangents = tuple(zero if t is None else t for t in tangents)
+        return torch.stack(tangents, dim=ctx.dim)
 
 
 def stack_steps(steps: Sequence[Tensor], dim: int) -> Tensor:

@@ -62,3 +62,10 @@ def test_the_second_backward_builds_no_whole_sequence_zero_per_step():
     ours = _second_order_ops(_ours)
     assert ours.get("aten.select_backward.default", 0) == 0
     assert ours.get("aten.cat.default", 0) <= 4
+
+
+def test_forward_mode_fills_absent_tangents_with_zeros():
+    a, b = torch.randn(3, 2), torch.randn(3, 2)
+    _, t = jvp(lambda a: stack_steps([a, b], 1), (a,), (torch.ones_like(a),))  # b has no tangent
+    assert torch.equal(t[:, 0], torch.ones(3, 2))
+    assert torch.equal(t[:, 1], torch.zeros(3, 2))
