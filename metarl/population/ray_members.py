@@ -179,8 +179,12 @@ class RayMembers:
         return self.ray.get(self.actors[m].metrics.remote(diversity_envs))
 
     def state_dicts(self) -> list[dict[str, Any]]:
-        """Every member's full state (learner and emergence window)."""
-        return self.ray.get([a.state.remote() for a in self.actors])
+        """Every member's full state (learner and emergence window): the copies the driver keeps
+        current (after each iteration, exploit and hyperparameter change), fetched only before a
+        member's first iteration."""
+        if any(s is None for s in self.states):
+            self.states = self.ray.get([a.state.remote() for a in self.actors])
+        return list(self.states)
 
     def load_state_dicts(self, states: list[dict[str, Any]]) -> None:
         self.ray.get([a.load_state.remote(s) for a, s in zip(self.actors, states)])
