@@ -4,13 +4,16 @@ Three implementations of the selective scan exist:
 
 * ``torch``   the pure-PyTorch reference (:func:`ssm.selective_scan.selective_scan_ref`); it is the
   source of truth and supports everything: CPU/GPU, float32/float64, double backward, ``vmap``.
-* ``cpu-fused`` a C++ kernel (``ssm/csrc/ssm_cpu.cpp``) built at first use with
-  ``torch.utils.cpp_extension``; it keeps the state in registers and recomputes it in backward.
-  First-order only: a double backward re-enters the reference path automatically.
+* ``cpu-fused`` C++ kernels (``ssm/csrc/ssm_cpu.cpp``) built at first use with
+  ``torch.utils.cpp_extension``; they keep the state in registers and recompute it in backward.
+  Outside ``torch.func`` a first-order kernel with the whole epilogue runs; a double backward,
+  and every ``torch.func`` transform, go through :mod:`ssm.core_scan`, the recurrence alone with
+  vmap, forward-mode and double-backward rules (its kernels also run on dual numbers).
 * ``cuda``    mamba-ssm's ``selective_scan_fn`` (optional ``cuda`` extra). First-order only.
 
-:func:`resolve_scan_impl` picks one for a call. Anything that needs what a fused path lacks (a
-``torch.func`` transform, or ``backend="torch"``) falls back to the reference and says so once.
+:func:`ssm.selective_scan.selective_scan` picks one for a call. Anything that needs what a fused
+path lacks (a CUDA tensor inside a ``torch.func`` transform, or ``backend="torch"``) falls back to
+the reference and says so once.
 """
 
 from __future__ import annotations
@@ -165,6 +168,19 @@ def use_cpu_fused(*tensors: Tensor, backend: str = "auto", what: str = "scan") -
     if not all(t.dtype in (torch.float32, torch.float64) for t in tensors):
         return False
     return fused_allowed(backend=backend, what=what) and cpu_ext() is not None
+
+
+def use_cpu_core(*tensors: Tensor, backend: str = "auto") -> bool:
+    """Whether the twice-differentiable fused scan (:mod:`ssm.core_scan`) may run: CPU float
+    tensors, the extension built, and no backend pinned. Unlike the first-order kernels it is
+    allowed inside ``torch.func`` transforms (it has vmap, jvp and double-backward rules)."""
+    if backend != "auto":
+        return False
+    if not all(t.device.type == "cpu" for t in tensors):
+        return False
+    if not all(t.dtype in (torch.float32, torch.float64) for t in tensors):
+        return False
+    return cpu_ext() is not None
 
 
 def use_cuda_fused(*tensors: Tensor, backend: str = "auto", what: str = "scan") -> bool:

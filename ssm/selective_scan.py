@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import backend as _backend
+from .core_scan import core_scan
 from .scan import stack_steps
 
 
@@ -174,8 +175,8 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_out, g_last):
         u, delta, A, Bt, Ct, D, z, bias, h0, resets = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
-            return _reference_grads(ctx, g_out, g_last)
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return _graph_grads(ctx, g_out, g_last)
         g_out = g_out.contiguous() if g_out is not None else torch.zeros_like(u)
         g_last = g_last.contiguous() if g_last is not None else torch.zeros_like(h0)
         du, dd, dA, dB, dC, dD, dz, dbias, dh0 = _backend.cpu_ext().selective_scan_bwd(
@@ -213,7 +214,7 @@ class FirstOrderKernel(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_out, g_last):
         saved = ctx.saved_tensors
-        # Aliases: partial derivatives through this call only (see _reference_grads).
+        # Aliases: partial derivatives through this call only (see _graph_grads).
         inputs = [s.view_as(s) if s is not None else n for s, n in zip(saved, ctx.non_tensor)]
         wants = [
             isinstance(t, Tensor) and need for t, need in zip(inputs, ctx.needs_input_grad[2:])
@@ -251,29 +252,21 @@ def _partial_grads(outs, grads_out, inputs, wants, create_graph: bool) -> list:
     return [next(grads) if w else None for w in wants]
 
 
-def _core_ref(u, delta, A, Bt, Ct, D, z, bias, softplus, h0, resets):
-    """The reference on the fused layout (B, C as (B, G, L, N); empty = absent)."""
+def _core_fused_layout(u, delta, A, Bt, Ct, D, z, bias, softplus, h0, resets):
+    """The twice-differentiable fused path on _FusedScan's layout (B, C as (B, G, L, N); empty =
+    absent): :func:`ssm.core_scan.core_scan` inside torch's elementwise prologue/epilogue."""
 
     def opt(t):
         return t if t.numel() else None
 
-    return selective_scan_ref(
-        u,
-        delta,
-        A,
-        Bt.transpose(-1, -2),
-        Ct.transpose(-1, -2),
-        opt(D),
-        opt(z),
-        opt(bias),
-        softplus,
-        True,
-        initial_state=h0,
-        resets=opt(resets),
-    )
+    dt = _prepare_delta(delta, opt(bias), softplus)
+    y, h_last = core_scan(u, dt, A, Bt, Ct, h0, opt(resets))
+    return _finish(y, u, opt(D), opt(z)), h_last
 
 
-def _reference_grads(ctx, g_out, g_last):
+def _graph_grads(ctx, g_out, g_last):
+    """The backward when a graph of it is asked for (``create_graph=True``): recomputed through
+    the twice-differentiable fused core, so a double backward stays exact and fused."""
     saved = ctx.saved_tensors
     resets = saved[-1]
     # Fresh aliases, so each gradient is the partial derivative through this scan only (inputs
@@ -282,7 +275,7 @@ def _reference_grads(ctx, g_out, g_last):
     u, delta, A, Bt, Ct, D, z, bias, h0 = inputs
     needs = [n for i, n in enumerate(ctx.needs_input_grad) if i not in (8, 10)]  # skip flags
     with torch.enable_grad():
-        outs = _core_ref(u, delta, A, Bt, Ct, D, z, bias, ctx.softplus, h0, resets)
+        outs = _core_fused_layout(u, delta, A, Bt, Ct, D, z, bias, ctx.softplus, h0, resets)
     result = _partial_grads(outs, (g_out, g_last), inputs, needs, create_graph=True)
     du, dd, dA, dB, dC, dD, dz, dbias, dh0 = result
     return du, dd, dA, dB, dC, dD, dz, dbias, None, dh0, None
@@ -295,14 +288,34 @@ def _rows_contiguous(t: Tensor) -> Tensor:
     return t if ok else t.contiguous()
 
 
-def _fused_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, resets):
-    batch, dim, _ = u.shape
-    dtype = u.dtype
+def _grouped(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+    """B, C as (B, G, N, L) with one shared group count."""
     B = B[:, None] if B.dim() == 3 else B
     C = C[:, None] if C.dim() == 3 else C
     if B.shape[1] != C.shape[1]:  # one grouped, one not: share the group count
         g = max(B.shape[1], C.shape[1])
         B, C = B.expand(-1, g, -1, -1), C.expand(-1, g, -1, -1)
+    return B, C
+
+
+def _core_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, resets):
+    """The fused path that every ``torch.func`` transform and any order of derivative can go
+    through (:mod:`ssm.core_scan`); elementwise pre- and post-processing in torch."""
+    batch, dim, _ = u.shape
+    dtype = u.dtype
+    B, C = _grouped(B, C)
+    dt = _prepare_delta(delta, delta_bias, delta_softplus).to(dtype)
+    h0 = u.new_zeros(batch, dim, A.shape[1]) if h0 is None else h0.to(dtype)
+    y, h_last = core_scan(
+        u, dt, A.to(dtype), B.transpose(-1, -2).to(dtype), C.transpose(-1, -2).to(dtype), h0, resets
+    )
+    return _finish(y, u, D, z), h_last
+
+
+def _fused_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, resets):
+    batch, dim, _ = u.shape
+    dtype = u.dtype
+    B, C = _grouped(B, C)
     empty = u.new_empty(0)
 
     def prep(t):
@@ -341,9 +354,11 @@ def selective_scan(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan with the signature and semantics of mamba-ssm's ``selective_scan_fn``.
 
-    ``backend="auto"`` uses mamba-ssm's CUDA kernel for CUDA tensors when installed, the fused C++
-    kernel on CPU, and the pure-torch reference inside ``torch.func`` transforms or when
-    ``backend="torch"``. Every path returns the same values (to float tolerance).
+    ``backend="auto"`` uses mamba-ssm's CUDA kernel for CUDA tensors when installed (the
+    pure-torch reference inside ``torch.func`` transforms), and the fused C++ kernels on CPU:
+    inside ``torch.func`` transforms the twice-differentiable :func:`ssm.core_scan.core_scan`.
+    ``backend="torch"`` pins the reference. Every path returns the same values (to float
+    tolerance) and exact derivatives of any order.
     """
     _backend.check_backend(backend)
     _check(u, delta, A, B, C, D, z, delta_bias, initial_state, resets)
@@ -351,8 +366,19 @@ def selective_scan(
     real_selective = (not A.is_complex()) and B.dim() >= 3 and C.dim() >= 3
     g_b, g_c = (B.shape[1] if B.dim() == 4 else 1), (C.shape[1] if C.dim() == 4 else 1)
     groups_fit = g_b == g_c or min(g_b, g_c) == 1
-    if real_selective and groups_fit and _backend.use_cpu_fused(u, delta, A, B, C, backend=backend):
+    in_transform = _backend.functorch_active()  # first-order kernels cannot run under torch.func
+    if (
+        real_selective
+        and groups_fit
+        and not in_transform
+        and _backend.use_cpu_fused(u, delta, A, B, C, backend=backend)
+    ):
         out, h_last = _fused_cpu(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, resets
+        )
+        return (out, h_last) if return_last_state else out
+    if real_selective and groups_fit and _backend.use_cpu_core(u, delta, A, B, C, backend=backend):
+        out, h_last = _core_cpu(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, resets
         )
         return (out, h_last) if return_last_state else out

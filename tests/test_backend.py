@@ -60,16 +60,27 @@ def test_first_order_kernel_wrapper_uses_fast_graph_then_reference_for_double_ba
     assert calls["ref"] == 1
 
 
-def test_transform_falls_back_to_reference_and_logs_once(caplog):
+def test_transform_runs_the_fused_core_with_reference_gradients(caplog, kernel_calls):
+    """Inside torch.func the CPU scan is the twice-differentiable fused core (no fallback, no
+    fallback message), with the reference's gradients."""
     layer = ssm.make_layer("mamba", 4, d_state=3).double()
     x = torch.randn(2, 5, 4, dtype=torch.float64)
     params = {k: v.detach() for k, v in layer.named_parameters()}
     backend._said.discard("functorch-scan")
+
+    def g(pinned):
+        layer.backend = pinned
+        return grad(lambda p: functional_call(layer, (p,), (x,))[0].sin().sum())(params)
+
     with caplog.at_level(logging.INFO, logger="ssm"):
-        for _ in range(3):
-            grad(lambda p: functional_call(layer, (p,), (x,))[0].sum())(params)
-    msgs = [r.message for r in caplog.records if "torch.func transform active" in r.message]
-    assert len(msgs) == 1
+        fused = g("auto")
+    assert "core_scan_bwd" in kernel_calls
+    assert not [r for r in caplog.records if "torch.func transform active" in r.message]
+    calls = len(kernel_calls)
+    want = g("torch")
+    assert len(kernel_calls) == calls
+    for k in params:
+        assert (fused[k] - want[k]).abs().max() < 1e-10, k
 
 
 def test_cuda_backend_on_cpu_tensors_is_a_clear_error():

@@ -1,15 +1,19 @@
 """What every gradient meta-learner shares (:class:`MetaLearner`), and the checks that keep the
 ``torch.func`` machinery honest.
 
-The inner loop runs inside ``torch.func`` transforms, where ``ssm`` always uses its
-pure-torch reference path (``ssm.backend.fused_allowed``), so every ssm backend, including a
-layer pinned to mamba-ssm's CUDA kernel, gives exact second-order meta-gradients: the fused
-kernels simply are not used there. The policy's layer norms are swapped for a composite form
-during these computations (:mod:`metarl.meta.exact_norms`: torch's fused layer norm has wrong
-higher derivatives under ``vmap``). Before their first second-order meta-gradient the learners
-check the policy's Hessian-vector product against finite differences (:func:`second_order_error`;
-``torch.func`` silently drops the second-order part of a ``@once_differentiable`` backward), and a
-policy that fails raises a ``ValueError`` pointing to ``first_order=True``.
+The inner loop runs inside ``torch.func`` transforms. There, on CPU, ``ssm``'s selective scan
+runs the fused kernel of :mod:`ssm.core_scan`, which has vmap, forward-mode and double-backward
+rules of its own (a meta-batch of tasks is one kernel call, and the second-order part of the
+meta-gradient is fused too). CUDA layers (mamba-ssm's kernel is first-order only) and layers
+pinned to ``backend="torch"`` use the pure-torch reference there. Either way the meta-gradients
+are exact to second order (and third, for MAML-TRPO's exact Fisher).
+
+The policy's layer norms are swapped for a composite form during these computations
+(:mod:`metarl.meta.exact_norms`: torch's fused layer norm has wrong higher derivatives under
+``vmap``). Before their first second-order meta-gradient the learners check the policy's Hessian-
+vector product against finite differences (:func:`second_order_error`; ``torch.func`` silently drops
+the second-order part of a ``@once_differentiable`` backward), and a policy that fails raises a
+``ValueError`` pointing to ``first_order=True``.
 """
 
 from __future__ import annotations
