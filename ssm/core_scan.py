@@ -8,18 +8,19 @@ elementwise on ``(B, D, L)``, cheap, and differentiate themselves). Layouts: ``u
 ``A (B, D, N)`` (one matrix per sequence: a vmapped batch of adapted parameters folds into the
 batch), ``Bt, Ct (B, G, L, N)``, ``h0 (B, D, N)``, ``resets (B, L)`` bool or None.
 
-How every derivative stays fused (``ssm/csrc/ssm_cpu.cpp`` runs each kernel on plain numbers or
-on dual numbers, a value with a tangent):
+How every derivative stays fused (``ssm/csrc/ssm_cpu.cpp``: a forward, a backward, and the
+forward-mode (JVP) versions of both, each a single kernel that recomputes the states per channel):
 
-* forward ``F(x)``: the C++ forward; its JVP ``J(x) ẋ``: the forward on duals;
+* forward ``F(x)``: the C++ forward; its JVP ``J(x) ẋ``: the forward's JVP kernel;
 * backward ``J(x)ᵀ g`` (:class:`_CoreBwd`): the C++ backward; its JVP (forward-over-reverse
-  Hessian-vector products): the backward on duals;
+  Hessian-vector products): the backward's JVP kernel;
 * double backward, for a cotangent ``w`` of the backward's outputs: with respect to ``g`` it is
-  ``J(x) w`` (the forward on duals), and with respect to ``x`` it is ``∂/∂x (gᵀ J(x) w)``, which by
-  the symmetry of second derivatives equals the tangent of ``J(x + εw)ᵀ g``: the backward on duals.
+  ``J(x) w``, and with respect to ``x`` it is ``∂/∂x (gᵀ J(x) w)``, which by the symmetry of
+  second derivatives equals the tangent of ``J(x + εw)ᵀ g``: the backward's JVP kernel, which
+  returns ``J(x) w`` from the same recompute.
 
 A third derivative (e.g. MAML-TRPO's exact Fisher through the inner loop) differentiates the
-dual kernels themselves; :class:`_CoreDual` does that exactly through the pure-torch reference
+JVP kernels themselves; :class:`_CoreJvp` does that exactly through the pure-torch reference
 (slow, but exact). Under ``vmap`` every one of these ops folds the mapped dimension into its
 batch dimension (:func:`_fold_vmap`), so a meta-batch of tasks is one kernel call.
 """
@@ -86,11 +87,6 @@ def _resets_arg(resets: Tensor | None) -> Tensor:
     return torch.zeros(0, dtype=torch.bool) if resets is None else resets.contiguous()
 
 
-def _pair(p: Tensor, t: Tensor | None) -> Tensor:
-    """``(..., 2)``: value and tangent side by side, the layout of the C++ ``Dual``."""
-    return torch.stack([p, torch.zeros_like(p) if t is None else t.to(p.dtype)], dim=-1)
-
-
 def _zeros_if_none(ts, like) -> list[Tensor]:
     return [torch.zeros_like(x) if t is None else t for t, x in zip(ts, like)]
 
@@ -102,7 +98,7 @@ class _Core(Function):
     @staticmethod
     def forward(u, dt, A, Bt, Ct, h0, resets):
         x = [t.contiguous() for t in (u, dt, A, Bt, Ct, h0)]
-        y, h_last = _ext().core_scan_fwd(*x, _resets_arg(resets), False)
+        y, h_last = _ext().core_scan_fwd(*x, _resets_arg(resets))
         return y, h_last
 
     @staticmethod
@@ -118,7 +114,7 @@ class _Core(Function):
     @staticmethod
     def jvp(ctx, *tangents):
         *x, resets = ctx.saved_tensors
-        return _CoreDual.apply("fwd", resets, *x, *_zeros_if_none(tangents[:6], x))
+        return _CoreJvp.apply("fwd", resets, *x, *_zeros_if_none(tangents[:6], x))
 
 
 @_fold_vmap
@@ -128,7 +124,7 @@ class _CoreBwd(Function):
     @staticmethod
     def forward(u, dt, A, Bt, Ct, h0, resets, gy, g_last):
         x = [t.contiguous() for t in (u, dt, A, Bt, Ct, h0, gy, g_last)]
-        return tuple(_ext().core_scan_bwd(*x[:6], _resets_arg(resets), *x[6:], False, False))
+        return tuple(_ext().core_scan_bwd(*x[:6], _resets_arg(resets), *x[6:]))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -140,9 +136,9 @@ class _CoreBwd(Function):
         *x, resets, gy, g_last = ctx.saved_tensors
         w = _zeros_if_none(w, x)
         # d/dx (wᵀ J(x)ᵀ g): the tangent of the backward at x + εw (symmetric second derivatives)
-        # and d/dg (wᵀ J(x)ᵀ g) = J(x) w: the dual backward's recompute of the forward gives it
+        # and d/dg (wᵀ J(x)ᵀ g) = J(x) w, which the backward's JVP kernel returns beside it
         zg = (torch.zeros_like(gy), torch.zeros_like(g_last))
-        *gx, gy_bar, g_last_bar = _CoreDual.apply("bwd+fwd", resets, *x, gy, g_last, *w, *zg)
+        *gx, gy_bar, g_last_bar = _CoreJvp.apply("bwd+fwd", resets, *x, gy, g_last, *w, *zg)
         return (*gx, None, gy_bar, g_last_bar)
 
     @staticmethod
@@ -150,11 +146,11 @@ class _CoreBwd(Function):
         *x, resets, gy, g_last = ctx.saved_tensors
         tx = _zeros_if_none(tangents[:6], x)
         tg = _zeros_if_none(tangents[7:], (gy, g_last))
-        return _CoreDual.apply("bwd", resets, *x, gy, g_last, *tx, *tg)
+        return _CoreJvp.apply("bwd", resets, *x, gy, g_last, *tx, *tg)
 
 
-def _dual_ref(mode: str, resets: Tensor | None, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """What :class:`_CoreDual` computes, through the reference and ``torch.func``."""
+def _jvp_ref(mode: str, resets: Tensor | None, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """What :class:`_CoreJvp` computes, through the reference and ``torch.func``."""
 
     def fwd(*x):
         return core_scan_ref(*x, resets)
@@ -173,21 +169,19 @@ def _dual_ref(mode: str, resets: Tensor | None, *tensors: Tensor) -> tuple[Tenso
 
 
 @_fold_vmap
-class _CoreDual(Function):
+class _CoreJvp(Function):
     """Tangents only. ``("fwd", resets, x, ẋ) -> J(x) ẋ``,
     ``("bwd", resets, x, g, ẋ, ġ) -> d/dε J(x + εẋ)ᵀ (g + εġ)``, and ``"bwd+fwd"``: both
     (``J(x) ẋ`` appended; one kernel call)."""
 
     @staticmethod
     def forward(mode, resets, *tensors):
-        pairs = [_pair(p.contiguous(), t.contiguous()) for p, t in _split_dual(mode, tensors)]
+        ts = [t.contiguous() for t in tensors]
         if mode == "fwd":
-            outs = _ext().core_scan_fwd(*pairs, _resets_arg(resets), True)
-        else:
-            outs = _ext().core_scan_bwd(
-                *pairs[:6], _resets_arg(resets), *pairs[6:], True, mode == "bwd+fwd"
-            )
-        return tuple(o[..., 1].contiguous() for o in outs)
+            return tuple(_ext().core_scan_fwd_jvp(*ts[:6], _resets_arg(resets), *ts[6:]))
+        return tuple(
+            _ext().core_scan_bwd_jvp(*ts[:6], _resets_arg(resets), *ts[6:], mode == "bwd+fwd")
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -202,16 +196,8 @@ class _CoreDual(Function):
             "ssm: a third derivative of the selective scan runs through the torch reference",
         )
         resets, *tensors = ctx.saved_tensors
-        _, vjp_fn = torch.func.vjp(lambda *ts: _dual_ref(ctx.mode, resets, *ts), *tensors)
+        _, vjp_fn = torch.func.vjp(lambda *ts: _jvp_ref(ctx.mode, resets, *ts), *tensors)
         return (None, None, *vjp_fn(g))  # grads are materialised: none is None
-
-
-def _split_dual(mode: str, tensors) -> list[tuple[Tensor, Tensor]]:
-    """(primal, tangent) pairs in kernel order: x (6), then for ``bwd`` also (gy, g_last)."""
-    if mode == "fwd":
-        return list(zip(tensors[:6], tensors[6:12]))
-    x, g, tx, tg = tensors[:6], tensors[6:8], tensors[8:14], tensors[14:16]
-    return list(zip((*x, *g), (*tx, *tg)))
 
 
 def core_scan(

@@ -131,7 +131,13 @@ class Mamba(SequenceLayer):
             resets=resets,
             backend=self.backend,
         )
-        out = self.out_proj(y.transpose(1, 2))  # (B L D)
+        # out_proj as W @ y, so that y's gradient comes back channels-first like y itself (a
+        # (B L E) gradient would meet (B E L) tensors in every elementwise backward op); the
+        # transpose is paid on the narrower output.
+        out = torch.matmul(self.out_proj.weight, y)  # (B D L)
+        if self.out_proj.bias is not None:
+            out = out + self.out_proj.bias[:, None]
+        out = out.transpose(1, 2)  # (B L D)
         # The new conv state holds the last d_conv inputs, or fewer (zero-padded) after a reset.
         k = self.d_conv
         hist = torch.cat([conv_state, xin[..., -k:]], dim=-1)[..., -k:]  # (B E K)

@@ -685,32 +685,15 @@ std::vector<at::Tensor> s5_step(const at::Tensor& x, const at::Tensor& h,
 }
 
 
-// -- the core scan, twice differentiable (dual numbers) -----------------------------------------
+// -- the core scan, differentiable to any order ------------------------------------------------
 // The recurrence alone, with everything elementwise (softplus, D skip, gate) left to torch:
 //     h_t = exp(dt_t A_b) * (keep_t h_{t-1}) + dt_t u_t B_t,     y_t = <C_t, h_t>
 // Layouts: u, dt (B, D, L); A (B, D, N) (one per sequence, so a vmapped batch of adapted
 // parameters folds into the batch); Bt, Ct (B, G, L, N); h0 (B, D, N); resets (B, L) bool or
-// empty. The kernels are templated on the value type V: a float/double, or Dual<T>, which
-// carries a tangent beside each value. Run on duals, the forward gives the Jacobian-vector
-// product of the scan and the backward gives the JVP of the vector-Jacobian product: forward
-// mode for both, and (by symmetry of second derivatives) the scan's double backward.
-template <typename T>
-struct Dual {
-  T v, d;
-  Dual() = default;
-  constexpr Dual(T x) : v(x), d(T(0)) {}  // NOLINT: a constant has no tangent
-  constexpr Dual(T x, T y) : v(x), d(y) {}
-  friend Dual operator+(Dual a, Dual b) { return {a.v + b.v, a.d + b.d}; }
-  friend Dual operator-(Dual a, Dual b) { return {a.v - b.v, a.d - b.d}; }
-  friend Dual operator*(Dual a, Dual b) { return {a.v * b.v, a.v * b.d + a.d * b.v}; }
-  Dual& operator+=(Dual b) { v += b.v; d += b.d; return *this; }
-};
-#pragma omp declare reduction(+ : Dual<float> : omp_out += omp_in) initializer(omp_priv = Dual<float>(0.f))
-#pragma omp declare reduction(+ : Dual<double> : omp_out += omp_in) initializer(omp_priv = Dual<double>(0.))
+// empty. The forward and backward here, and their JVPs below, are what ssm/core_scan.py builds
+// every derivative from (the double backward included: see there).
 
-
-// E[t, n] = exp(dt_t A_n) for one channel. Its own loop so that exp vectorises (libmvec); for
-// duals the values go through that loop and the tangents follow: d exp(x) = exp(x) dx.
+// E[t, n] = exp(dt_t A_n) for one channel, in its own loop so that exp vectorises (libmvec).
 template <typename T>
 void exp_table(int64_t L, int64_t N, const T* dt, const T* A, T* E) {
   for (int64_t t = 0; t < L; ++t) {
@@ -721,45 +704,25 @@ void exp_table(int64_t L, int64_t N, const T* dt, const T* A, T* E) {
   }
 }
 
-template <typename T>
-void exp_table(int64_t L, int64_t N, const Dual<T>* dt, const Dual<T>* A, Dual<T>* E) {
-  for (int64_t t = 0; t < L; ++t) {
-    const Dual<T> d = dt[t];
-    Dual<T>* e = E + t * N;
-    T ev[64];
-    for (int64_t n0 = 0; n0 < N; n0 += 64) {
-      const int64_t m = std::min<int64_t>(64, N - n0);
-#pragma omp simd
-      for (int64_t k = 0; k < m; ++k) ev[k] = std::exp(d.v * A[n0 + k].v);
-      for (int64_t k = 0; k < m; ++k) {
-        const Dual<T> a = A[n0 + k];
-        e[n0 + k] = Dual<T>(ev[k], ev[k] * (d.v * a.d + d.d * a.v));
-      }
-    }
-  }
-}
-
 struct CoreDims {
   int64_t B, D, L, N, G, Dg;
 };
 
-// Shapes of the core's inputs; with dual, every floating tensor has a trailing dimension of 2
-// (value, tangent).
+// Checks the core's inputs and returns their sizes.
 CoreDims core_check(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& A,
                     const at::Tensor& Bt, const at::Tensor& Ct, const at::Tensor& h0,
-                    const at::Tensor& resets, bool dual) {
-  const int64_t x = dual ? 1 : 0;
-  TORCH_CHECK(u.dim() == 3 + x && dt.sizes() == u.sizes(), "core scan: u, dt must be (B, D, L)");
+                    const at::Tensor& resets) {
+  TORCH_CHECK(u.dim() == 3 && dt.sizes() == u.sizes(), "core scan: u, dt must be (B, D, L)");
   CoreDims s;
   s.B = u.size(0); s.D = u.size(1); s.L = u.size(2);
-  TORCH_CHECK(A.dim() == 3 + x && A.size(0) == s.B && A.size(1) == s.D, "core scan: A must be (B, D, N)");
+  TORCH_CHECK(A.dim() == 3 && A.size(0) == s.B && A.size(1) == s.D, "core scan: A must be (B, D, N)");
   s.N = A.size(2);
-  TORCH_CHECK(Bt.dim() == 4 + x && Ct.sizes() == Bt.sizes() && Bt.size(0) == s.B &&
+  TORCH_CHECK(Bt.dim() == 4 && Ct.sizes() == Bt.sizes() && Bt.size(0) == s.B &&
               Bt.size(2) == s.L && Bt.size(3) == s.N, "core scan: B, C must be (B, G, L, N)");
   s.G = Bt.size(1);
   TORCH_CHECK(s.G > 0 && s.D % s.G == 0, "core scan: G must divide D");
   s.Dg = s.D / s.G;
-  TORCH_CHECK(h0.dim() == 3 + x && h0.size(0) == s.B && h0.size(1) == s.D && h0.size(2) == s.N,
+  TORCH_CHECK(h0.dim() == 3 && h0.size(0) == s.B && h0.size(1) == s.D && h0.size(2) == s.N,
               "core scan: h0 must be (B, D, N)");
   TORCH_CHECK(resets.numel() == 0 || (resets.dim() == 2 && resets.size(0) == s.B &&
               resets.size(1) == s.L && resets.scalar_type() == at::kBool),
@@ -767,39 +730,38 @@ CoreDims core_check(const at::Tensor& u, const at::Tensor& dt, const at::Tensor&
   for (const at::Tensor* t : {&u, &dt, &A, &Bt, &Ct, &h0}) {
     TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(), "core scan: contiguous CPU inputs");
     TORCH_CHECK(t->scalar_type() == u.scalar_type(), "core scan: inputs must share a dtype");
-    TORCH_CHECK(!dual || t->size(-1) == 2, "core scan: dual inputs end in (value, tangent)");
   }
   TORCH_CHECK(resets.numel() == 0 || resets.is_contiguous(), "core scan: contiguous resets");
   return s;
 }
 
-template <typename V>
-void core_fwd_kernel(const CoreDims& s, const V* u, const V* dt, const V* A, const V* Bt,
-                     const V* Ct, const V* h0, const bool* resets, V* y, V* hL) {
+template <typename T>
+void core_fwd_kernel(const CoreDims& s, const T* u, const T* dt, const T* A, const T* Bt,
+                     const T* Ct, const T* h0, const bool* resets, T* y, T* hL) {
   const int64_t N = s.N, L = s.L;
   at::parallel_for(0, s.B * s.D, 1, [&](int64_t begin, int64_t end) {
-    std::vector<V> h(N), ea(L * N);
+    std::vector<T> h(N), ea(L * N);
     for (int64_t bd = begin; bd < end; ++bd) {
       const int64_t b = bd / s.D, g = (bd % s.D) / s.Dg;
-      const V* u_ = u + bd * L;
-      const V* dt_ = dt + bd * L;
-      const V* B_ = Bt + (b * s.G + g) * L * N;
-      const V* C_ = Ct + (b * s.G + g) * L * N;
+      const T* u_ = u + bd * L;
+      const T* dt_ = dt + bd * L;
+      const T* B_ = Bt + (b * s.G + g) * L * N;
+      const T* C_ = Ct + (b * s.G + g) * L * N;
       const bool* r_ = resets ? resets + b * L : nullptr;
-      V* y_ = y + bd * L;
+      T* y_ = y + bd * L;
       for (int64_t n = 0; n < N; ++n) h[n] = h0[bd * N + n];
       exp_table(L, N, dt_, A + bd * N, ea.data());
-      V* hp = h.data();
+      T* hp = h.data();
       for (int64_t t = 0; t < L; ++t) {
-        const V dtt = dt_[t], du = dtt * u_[t];
-        const V keep = (r_ && r_[t]) ? V(0) : V(1);
-        const V* Bn = B_ + t * N;
-        const V* Cn = C_ + t * N;
-        const V* e = ea.data() + t * N;
-        V acc(0);
+        const T dtt = dt_[t], du = dtt * u_[t];
+        const T keep = (r_ && r_[t]) ? T(0) : T(1);
+        const T* Bn = B_ + t * N;
+        const T* Cn = C_ + t * N;
+        const T* e = ea.data() + t * N;
+        T acc(0);
 #pragma omp simd reduction(+ : acc)
         for (int64_t n = 0; n < N; ++n) {
-          const V hn = e[n] * (keep * hp[n]) + du * Bn[n];
+          const T hn = e[n] * (keep * hp[n]) + du * Bn[n];
           hp[n] = hn;
           acc += hn * Cn[n];
         }
@@ -810,78 +772,66 @@ void core_fwd_kernel(const CoreDims& s, const V* u, const V* dt, const V* A, con
   });
 }
 
-template <typename V>
-void core_bwd_kernel(const CoreDims& s, const V* u, const V* dt, const V* A, const V* Bt,
-                     const V* Ct, const V* h0, const bool* resets, const V* gy, const V* ghL,
-                     V* du, V* ddt, V* dA, V* dB_part, V* dC_part, V* dh0, int64_t n_chunks,
-                     V* y, V* hL) {
-  // y, hL (optional): the forward's outputs from the recompute, free here (on duals: J(x) ẋ,
-  // which the scan's double backward needs beside the dual backward).
+template <typename T>
+void core_bwd_kernel(const CoreDims& s, const T* u, const T* dt, const T* A, const T* Bt,
+                     const T* Ct, const T* h0, const bool* resets, const T* gy, const T* ghL,
+                     T* du, T* ddt, T* dA, T* dB_part, T* dC_part, T* dh0, int64_t n_chunks) {
   // Work items (b, g, chunk of the group's channels); dB/dC partials per item, reduced by the
   // caller, so no two threads write the same memory.
   const int64_t N = s.N, L = s.L;
   const int64_t chunk = (s.Dg + n_chunks - 1) / n_chunks;
   at::parallel_for(0, s.B * s.G * n_chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<V> hs((L + 1) * N), ea(L * N), gv(N), dAv(N);
+    std::vector<T> hs((L + 1) * N), ea(L * N), gv(N), dAv(N);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / (s.G * n_chunks), gr = (item / n_chunks) % s.G;
       const int64_t c = item % n_chunks;
-      const V* B_ = Bt + (b * s.G + gr) * L * N;
-      const V* C_ = Ct + (b * s.G + gr) * L * N;
-      V* dB_ = dB_part + item * L * N;
-      V* dC_ = dC_part + item * L * N;
+      const T* B_ = Bt + (b * s.G + gr) * L * N;
+      const T* C_ = Ct + (b * s.G + gr) * L * N;
+      T* dB_ = dB_part + item * L * N;
+      T* dC_ = dC_part + item * L * N;
       const bool* r_ = resets ? resets + b * L : nullptr;
       const int64_t d_lo = gr * s.Dg + c * chunk;
       const int64_t d_hi = std::min(gr * s.Dg + (c + 1) * chunk, (gr + 1) * s.Dg);
       for (int64_t d = d_lo; d < d_hi; ++d) {
         const int64_t bd = b * s.D + d;
-        const V* u_ = u + bd * L;
-        const V* dt_ = dt + bd * L;
-        const V* A_ = A + bd * N;
-        const V* gy_ = gy + bd * L;
-        V* H = hs.data();  // H[t+1] = h_t, H[0] = h0
-        for (int64_t n = 0; n < N; ++n) { H[n] = h0[bd * N + n]; dAv[n] = V(0); }
+        const T* u_ = u + bd * L;
+        const T* dt_ = dt + bd * L;
+        const T* A_ = A + bd * N;
+        const T* gy_ = gy + bd * L;
+        T* H = hs.data();  // H[t+1] = h_t, H[0] = h0
+        for (int64_t n = 0; n < N; ++n) { H[n] = h0[bd * N + n]; dAv[n] = T(0); }
         exp_table(L, N, dt_, A_, ea.data());
         for (int64_t t = 0; t < L; ++t) {
-          const V dtt = dt_[t], duu = dtt * u_[t];
-          const V keep = (r_ && r_[t]) ? V(0) : V(1);
-          const V* hp = H + t * N;
-          V* hn = H + (t + 1) * N;
-          const V* e = ea.data() + t * N;
-          const V* Bn = B_ + t * N;
+          const T dtt = dt_[t], duu = dtt * u_[t];
+          const T keep = (r_ && r_[t]) ? T(0) : T(1);
+          const T* hp = H + t * N;
+          T* hn = H + (t + 1) * N;
+          const T* e = ea.data() + t * N;
+          const T* Bn = B_ + t * N;
 #pragma omp simd
           for (int64_t n = 0; n < N; ++n) {
             hn[n] = e[n] * (keep * hp[n]) + duu * Bn[n];
           }
-          if (y) {
-            const V* Cn = C_ + t * N;
-            V acc(0);
-#pragma omp simd reduction(+ : acc)
-            for (int64_t n = 0; n < N; ++n) acc += hn[n] * Cn[n];
-            y[bd * L + t] = acc;
-          }
         }
-        if (hL)
-          for (int64_t n = 0; n < N; ++n) hL[bd * N + n] = H[L * N + n];
         for (int64_t n = 0; n < N; ++n) gv[n] = ghL[bd * N + n];
-        V* gp = gv.data();
-        V* dAp = dAv.data();
+        T* gp = gv.data();
+        T* dAp = dAv.data();
         for (int64_t t = L - 1; t >= 0; --t) {
-          const V dtt = dt_[t], ut = u_[t], gyt = gy_[t], dtu = dtt * ut;
-          const V keep = (r_ && r_[t]) ? V(0) : V(1);
-          const V* hcur = H + (t + 1) * N;
-          const V* hprev = H + t * N;
-          const V* e = ea.data() + t * N;
-          const V* Bn = B_ + t * N;
-          const V* Cn = C_ + t * N;
-          V* dBn = dB_ + t * N;
-          V* dCn = dC_ + t * N;
-          V sum_ddt(0), sum_du(0);
+          const T dtt = dt_[t], ut = u_[t], gyt = gy_[t], dtu = dtt * ut;
+          const T keep = (r_ && r_[t]) ? T(0) : T(1);
+          const T* hcur = H + (t + 1) * N;
+          const T* hprev = H + t * N;
+          const T* e = ea.data() + t * N;
+          const T* Bn = B_ + t * N;
+          const T* Cn = C_ + t * N;
+          T* dBn = dB_ + t * N;
+          T* dCn = dC_ + t * N;
+          T sum_ddt(0), sum_du(0);
 #pragma omp simd reduction(+ : sum_ddt, sum_du)
           for (int64_t n = 0; n < N; ++n) {
-            const V gn = gp[n] + gyt * Cn[n];
+            const T gn = gp[n] + gyt * Cn[n];
             dCn[n] += gyt * hcur[n];
-            const V eh = e[n] * (keep * hprev[n]);
+            const T eh = e[n] * (keep * hprev[n]);
             sum_ddt += gn * (A_[n] * eh + ut * Bn[n]);
             sum_du += gn * Bn[n];
             dBn[n] += gn * dtu;
@@ -897,29 +847,19 @@ void core_bwd_kernel(const CoreDims& s, const V* u, const V* dt, const V* A, con
   });
 }
 
-template <typename V, typename T>
-V* vptr(const at::Tensor& t) { return reinterpret_cast<V*>(t.data_ptr<T>()); }
-
-// (y, h_L); with dual, each output ends in (value, tangent).
+// (y, h_L).
 std::vector<at::Tensor> core_scan_fwd(const at::Tensor& u, const at::Tensor& dt,
                                       const at::Tensor& A, const at::Tensor& Bt,
                                       const at::Tensor& Ct, const at::Tensor& h0,
-                                      const at::Tensor& resets, bool dual) {
-  const CoreDims s = core_check(u, dt, A, Bt, Ct, h0, resets, dual);
+                                      const at::Tensor& resets) {
+  const CoreDims s = core_check(u, dt, A, Bt, Ct, h0, resets);
   auto y = at::empty_like(u);
   auto hL = at::empty_like(h0);
   const bool* r = resets.numel() ? resets.data_ptr<bool>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "core_scan_fwd", [&] {
     using T = scalar_t;
-    if (dual) {
-      using V = Dual<T>;
-      core_fwd_kernel<V>(s, vptr<V, T>(u), vptr<V, T>(dt), vptr<V, T>(A), vptr<V, T>(Bt),
-                         vptr<V, T>(Ct), vptr<V, T>(h0), r, vptr<V, T>(y), vptr<V, T>(hL));
-    } else {
-      core_fwd_kernel<T>(s, u.data_ptr<T>(), dt.data_ptr<T>(), A.data_ptr<T>(),
-                         Bt.data_ptr<T>(), Ct.data_ptr<T>(), h0.data_ptr<T>(), r,
-                         y.data_ptr<T>(), hL.data_ptr<T>());
-    }
+    core_fwd_kernel<T>(s, u.data_ptr<T>(), dt.data_ptr<T>(), A.data_ptr<T>(), Bt.data_ptr<T>(),
+                       Ct.data_ptr<T>(), h0.data_ptr<T>(), r, y.data_ptr<T>(), hL.data_ptr<T>());
   });
   return {y, hL};
 }
@@ -929,8 +869,8 @@ std::vector<at::Tensor> core_scan_bwd(const at::Tensor& u, const at::Tensor& dt,
                                       const at::Tensor& A, const at::Tensor& Bt,
                                       const at::Tensor& Ct, const at::Tensor& h0,
                                       const at::Tensor& resets, const at::Tensor& gy,
-                                      const at::Tensor& ghL, bool dual, bool with_outputs) {
-  const CoreDims s = core_check(u, dt, A, Bt, Ct, h0, resets, dual);
+                                      const at::Tensor& ghL) {
+  const CoreDims s = core_check(u, dt, A, Bt, Ct, h0, resets);
   TORCH_CHECK(gy.sizes() == u.sizes() && gy.is_contiguous() && gy.scalar_type() == u.scalar_type(),
               "core scan: grad y must be like u");
   TORCH_CHECK(ghL.sizes() == h0.sizes() && ghL.is_contiguous() &&
@@ -940,44 +880,255 @@ std::vector<at::Tensor> core_scan_bwd(const at::Tensor& u, const at::Tensor& dt,
   n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_chunks, s.Dg));
   auto du = at::empty_like(u), ddt = at::empty_like(u);
   auto dA = at::empty_like(A), dh0 = at::empty_like(h0);
-  std::vector<int64_t> part{s.B, s.G, n_chunks, s.L, s.N};
-  if (dual) part.push_back(2);
-  auto dB_part = at::zeros(part, u.options()), dC_part = at::zeros(part, u.options());
-  at::Tensor y, hL;
-  if (with_outputs) { y = at::empty_like(u); hL = at::empty_like(h0); }
+  auto dB_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
+  auto dC_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
   const bool* r = resets.numel() ? resets.data_ptr<bool>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "core_scan_bwd", [&] {
     using T = scalar_t;
-    if (dual) {
-      using V = Dual<T>;
-      core_bwd_kernel<V>(s, vptr<V, T>(u), vptr<V, T>(dt), vptr<V, T>(A), vptr<V, T>(Bt),
-                         vptr<V, T>(Ct), vptr<V, T>(h0), r, vptr<V, T>(gy), vptr<V, T>(ghL),
-                         vptr<V, T>(du), vptr<V, T>(ddt), vptr<V, T>(dA), vptr<V, T>(dB_part),
-                         vptr<V, T>(dC_part), vptr<V, T>(dh0), n_chunks,
-                         with_outputs ? vptr<V, T>(y) : nullptr,
-                         with_outputs ? vptr<V, T>(hL) : nullptr);
-    } else {
-      core_bwd_kernel<T>(s, u.data_ptr<T>(), dt.data_ptr<T>(), A.data_ptr<T>(),
-                         Bt.data_ptr<T>(), Ct.data_ptr<T>(), h0.data_ptr<T>(), r,
-                         gy.data_ptr<T>(), ghL.data_ptr<T>(), du.data_ptr<T>(),
-                         ddt.data_ptr<T>(), dA.data_ptr<T>(), dB_part.data_ptr<T>(),
-                         dC_part.data_ptr<T>(), dh0.data_ptr<T>(), n_chunks,
-                         with_outputs ? y.data_ptr<T>() : nullptr,
-                         with_outputs ? hL.data_ptr<T>() : nullptr);
-    }
+    core_bwd_kernel<T>(s, u.data_ptr<T>(), dt.data_ptr<T>(), A.data_ptr<T>(), Bt.data_ptr<T>(),
+                       Ct.data_ptr<T>(), h0.data_ptr<T>(), r, gy.data_ptr<T>(),
+                       ghL.data_ptr<T>(), du.data_ptr<T>(), ddt.data_ptr<T>(), dA.data_ptr<T>(),
+                       dB_part.data_ptr<T>(), dC_part.data_ptr<T>(), dh0.data_ptr<T>(),
+                       n_chunks);
   });
   auto dB = n_chunks == 1 ? dB_part.squeeze(2) : dB_part.sum(2);
   auto dC = n_chunks == 1 ? dC_part.squeeze(2) : dC_part.sum(2);
-  if (with_outputs) return {du, ddt, dA, dB, dC, dh0, y, hL};
   return {du, ddt, dA, dB, dC, dh0};
+}
+
+// -- forward mode: JVPs of the forward and of the backward, value and tangent arrays apart ------
+// Each statement of the kernels above, differentiated by hand (x' is the tangent of x); the
+// values are recomputed beside the tangents. Tangents only are returned.
+template <typename T>
+void tangent_exp_table(int64_t L, int64_t N, const T* dt, const T* A, const T* tdt, const T* tA,
+                       const T* E, T* tE) {
+  for (int64_t t = 0; t < L; ++t) {
+    const T d = dt[t], td = tdt[t];
+    const T* e = E + t * N;
+    T* te = tE + t * N;
+#pragma omp simd
+    for (int64_t n = 0; n < N; ++n) te[n] = e[n] * (td * A[n] + d * tA[n]);
+  }
+}
+
+template <typename T>
+void core_fwd_jvp_kernel(const CoreDims& s, const T* u, const T* dt, const T* A, const T* Bt,
+                         const T* Ct, const T* h0, const bool* resets, const T* tu,
+                         const T* tdt, const T* tA, const T* tBt, const T* tCt, const T* th0,
+                         T* ty, T* thL) {
+  const int64_t N = s.N, L = s.L;
+  at::parallel_for(0, s.B * s.D, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> h(N), th(N), ea(L * N), tea(L * N);
+    for (int64_t bd = begin; bd < end; ++bd) {
+      const int64_t b = bd / s.D, g = (bd % s.D) / s.Dg;
+      const int64_t off = (b * s.G + g) * L * N;
+      const T *u_ = u + bd * L, *dt_ = dt + bd * L, *tu_ = tu + bd * L, *tdt_ = tdt + bd * L;
+      const bool* r_ = resets ? resets + b * L : nullptr;
+      for (int64_t n = 0; n < N; ++n) { h[n] = h0[bd * N + n]; th[n] = th0[bd * N + n]; }
+      exp_table(L, N, dt_, A + bd * N, ea.data());
+      tangent_exp_table(L, N, dt_, A + bd * N, tdt_, tA + bd * N, ea.data(), tea.data());
+      T *hp = h.data(), *thp = th.data();
+      for (int64_t t = 0; t < L; ++t) {
+        const T du = dt_[t] * u_[t], tdu = tdt_[t] * u_[t] + dt_[t] * tu_[t];
+        const T keep = (r_ && r_[t]) ? T(0) : T(1);
+        const T *Bn = Bt + off + t * N, *Cn = Ct + off + t * N;
+        const T *tBn = tBt + off + t * N, *tCn = tCt + off + t * N;
+        const T *e = ea.data() + t * N, *te = tea.data() + t * N;
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t n = 0; n < N; ++n) {
+          const T hk = keep * hp[n], thk = keep * thp[n];
+          const T hn = e[n] * hk + du * Bn[n];
+          const T thn = te[n] * hk + e[n] * thk + tdu * Bn[n] + du * tBn[n];
+          hp[n] = hn;
+          thp[n] = thn;
+          acc += thn * Cn[n] + hn * tCn[n];
+        }
+        ty[bd * L + t] = acc;
+      }
+      for (int64_t n = 0; n < N; ++n) thL[bd * N + n] = th[n];
+    }
+  });
+}
+
+template <typename T>
+void core_bwd_jvp_kernel(const CoreDims& s, const T* u, const T* dt, const T* A, const T* Bt,
+                         const T* Ct, const T* h0, const bool* resets, const T* gy,
+                         const T* ghL, const T* tu, const T* tdt, const T* tA, const T* tBt,
+                         const T* tCt, const T* th0, const T* tgy, const T* tghL, T* tdu,
+                         T* tddt, T* tdA, T* tdB_part, T* tdC_part, T* tdh0, int64_t n_chunks,
+                         T* ty, T* thL) {
+  const int64_t N = s.N, L = s.L;
+  const int64_t chunk = (s.Dg + n_chunks - 1) / n_chunks;
+  at::parallel_for(0, s.B * s.G * n_chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> hs((L + 1) * N), ths((L + 1) * N), ea(L * N), tea(L * N);
+    std::vector<T> gv(N), tgv(N), tdAv(N);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / (s.G * n_chunks), gr = (item / n_chunks) % s.G;
+      const int64_t c = item % n_chunks;
+      const int64_t off = (b * s.G + gr) * L * N;
+      T* tdB_ = tdB_part + item * L * N;
+      T* tdC_ = tdC_part + item * L * N;
+      const bool* r_ = resets ? resets + b * L : nullptr;
+      const int64_t d_lo = gr * s.Dg + c * chunk;
+      const int64_t d_hi = std::min(gr * s.Dg + (c + 1) * chunk, (gr + 1) * s.Dg);
+      for (int64_t d = d_lo; d < d_hi; ++d) {
+        const int64_t bd = b * s.D + d;
+        const T *u_ = u + bd * L, *dt_ = dt + bd * L, *tu_ = tu + bd * L, *tdt_ = tdt + bd * L;
+        const T *A_ = A + bd * N, *tA_ = tA + bd * N;
+        const T *gy_ = gy + bd * L, *tgy_ = tgy + bd * L;
+        T *H = hs.data(), *TH = ths.data();
+        for (int64_t n = 0; n < N; ++n) {
+          H[n] = h0[bd * N + n];
+          TH[n] = th0[bd * N + n];
+          tdAv[n] = T(0);
+        }
+        exp_table(L, N, dt_, A_, ea.data());
+        tangent_exp_table(L, N, dt_, A_, tdt_, tA_, ea.data(), tea.data());
+        for (int64_t t = 0; t < L; ++t) {
+          const T duu = dt_[t] * u_[t], tduu = tdt_[t] * u_[t] + dt_[t] * tu_[t];
+          const T keep = (r_ && r_[t]) ? T(0) : T(1);
+          const T *hp = H + t * N, *thp = TH + t * N;
+          T *hn = H + (t + 1) * N, *thn = TH + (t + 1) * N;
+          const T *e = ea.data() + t * N, *te = tea.data() + t * N;
+          const T *Bn = Bt + off + t * N, *tBn = tBt + off + t * N;
+#pragma omp simd
+          for (int64_t n = 0; n < N; ++n) {
+            const T hk = keep * hp[n], thk = keep * thp[n];
+            hn[n] = e[n] * hk + duu * Bn[n];
+            thn[n] = te[n] * hk + e[n] * thk + tduu * Bn[n] + duu * tBn[n];
+          }
+          if (ty) {
+            const T *Cn = Ct + off + t * N, *tCn = tCt + off + t * N;
+            T acc = 0;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t n = 0; n < N; ++n) acc += thn[n] * Cn[n] + hn[n] * tCn[n];
+            ty[bd * L + t] = acc;
+          }
+        }
+        if (thL)
+          for (int64_t n = 0; n < N; ++n) thL[bd * N + n] = TH[L * N + n];
+        for (int64_t n = 0; n < N; ++n) { gv[n] = ghL[bd * N + n]; tgv[n] = tghL[bd * N + n]; }
+        T *gp = gv.data(), *tgp = tgv.data(), *tdAp = tdAv.data();
+        for (int64_t t = L - 1; t >= 0; --t) {
+          const T dtt = dt_[t], tdtt = tdt_[t], ut = u_[t], tut = tu_[t];
+          const T gyt = gy_[t], tgyt = tgy_[t];
+          const T dtu = dtt * ut, tdtu = tdtt * ut + dtt * tut;
+          const T keep = (r_ && r_[t]) ? T(0) : T(1);
+          const T *hcur = H + (t + 1) * N, *thcur = TH + (t + 1) * N;
+          const T *hprev = H + t * N, *thprev = TH + t * N;
+          const T *e = ea.data() + t * N, *te = tea.data() + t * N;
+          const T *Bn = Bt + off + t * N, *tBn = tBt + off + t * N;
+          const T *Cn = Ct + off + t * N, *tCn = tCt + off + t * N;
+          T* tdBn = tdB_ + t * N;
+          T* tdCn = tdC_ + t * N;
+          T tsum_ddt = 0, sum_du = 0, tsum_du = 0;
+#pragma omp simd reduction(+ : tsum_ddt, sum_du, tsum_du)
+          for (int64_t n = 0; n < N; ++n) {
+            const T gn = gp[n] + gyt * Cn[n];
+            const T tgn = tgp[n] + tgyt * Cn[n] + gyt * tCn[n];
+            tdCn[n] += tgyt * hcur[n] + gyt * thcur[n];
+            const T hk = keep * hprev[n], thk = keep * thprev[n];
+            const T eh = e[n] * hk, teh = te[n] * hk + e[n] * thk;
+            const T q = A_[n] * eh + ut * Bn[n];
+            const T tq = tA_[n] * eh + A_[n] * teh + tut * Bn[n] + ut * tBn[n];
+            tsum_ddt += tgn * q + gn * tq;
+            sum_du += gn * Bn[n];
+            tsum_du += tgn * Bn[n] + gn * tBn[n];
+            tdBn[n] += tgn * dtu + gn * tdtu;
+            tdAp[n] += (tgn * dtt + gn * tdtt) * eh + gn * dtt * teh;
+            gp[n] = gn * e[n] * keep;
+            tgp[n] = keep * (tgn * e[n] + gn * te[n]);
+          }
+          tddt[bd * L + t] = tsum_ddt;
+          tdu[bd * L + t] = tsum_du * dtt + sum_du * tdtt;
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          tdh0[bd * N + n] = tgv[n];
+          tdA[bd * N + n] = tdAv[n];
+        }
+      }
+    }
+  });
+}
+
+void check_tangents(const std::vector<at::Tensor>& primal, const std::vector<at::Tensor>& tangent) {
+  for (size_t i = 0; i < primal.size(); ++i) {
+    const auto& p = primal[i];
+    const auto& t = tangent[i];
+    TORCH_CHECK(t.sizes() == p.sizes() && t.is_contiguous() && t.scalar_type() == p.scalar_type(),
+                "core scan: each tangent must be a contiguous tensor like its primal");
+  }
+}
+
+// J(x) x': tangents (y', h_L') of the forward.
+std::vector<at::Tensor> core_scan_fwd_jvp(const at::Tensor& u, const at::Tensor& dt,
+                                          const at::Tensor& A, const at::Tensor& Bt,
+                                          const at::Tensor& Ct, const at::Tensor& h0,
+                                          const at::Tensor& resets, const at::Tensor& tu,
+                                          const at::Tensor& tdt, const at::Tensor& tA,
+                                          const at::Tensor& tBt, const at::Tensor& tCt,
+                                          const at::Tensor& th0) {
+  const CoreDims s = core_check(u, dt, A, Bt, Ct, h0, resets);
+  check_tangents({u, dt, A, Bt, Ct, h0}, {tu, tdt, tA, tBt, tCt, th0});
+  auto ty = at::empty_like(u), thL = at::empty_like(h0);
+  const bool* r = resets.numel() ? resets.data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "core_scan_fwd_jvp", [&] {
+    using T = scalar_t;
+    core_fwd_jvp_kernel<T>(s, u.data_ptr<T>(), dt.data_ptr<T>(), A.data_ptr<T>(),
+                           Bt.data_ptr<T>(), Ct.data_ptr<T>(), h0.data_ptr<T>(), r,
+                           tu.data_ptr<T>(), tdt.data_ptr<T>(), tA.data_ptr<T>(),
+                           tBt.data_ptr<T>(), tCt.data_ptr<T>(), th0.data_ptr<T>(),
+                           ty.data_ptr<T>(), thL.data_ptr<T>());
+  });
+  return {ty, thL};
+}
+
+// d/de J(x + e x')^T (g + e g'): tangents of (du, ddt, dA, dB, dC, dh0); with with_outputs also
+// the forward's tangents (y', h_L') = J(x) x', from the same recompute.
+std::vector<at::Tensor> core_scan_bwd_jvp(
+    const at::Tensor& u, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& Bt,
+    const at::Tensor& Ct, const at::Tensor& h0, const at::Tensor& resets, const at::Tensor& gy,
+    const at::Tensor& ghL, const at::Tensor& tu, const at::Tensor& tdt, const at::Tensor& tA,
+    const at::Tensor& tBt, const at::Tensor& tCt, const at::Tensor& th0, const at::Tensor& tgy,
+    const at::Tensor& tghL, bool with_outputs) {
+  const CoreDims s = core_check(u, dt, A, Bt, Ct, h0, resets);
+  check_tangents({u, dt, A, Bt, Ct, h0, u, h0, u, h0}, {tu, tdt, tA, tBt, tCt, th0, gy, ghL, tgy, tghL});
+  const int64_t threads = at::get_num_threads();
+  int64_t n_chunks = (2 * threads + s.B * s.G - 1) / (s.B * s.G);
+  n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_chunks, s.Dg));
+  auto tdu = at::empty_like(u), tddt = at::empty_like(u);
+  auto tdA = at::empty_like(A), tdh0 = at::empty_like(h0);
+  auto tdB_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
+  auto tdC_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
+  at::Tensor ty, thL;
+  if (with_outputs) { ty = at::empty_like(u); thL = at::empty_like(h0); }
+  const bool* r = resets.numel() ? resets.data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "core_scan_bwd_jvp", [&] {
+    using T = scalar_t;
+    core_bwd_jvp_kernel<T>(
+        s, u.data_ptr<T>(), dt.data_ptr<T>(), A.data_ptr<T>(), Bt.data_ptr<T>(), Ct.data_ptr<T>(),
+        h0.data_ptr<T>(), r, gy.data_ptr<T>(), ghL.data_ptr<T>(), tu.data_ptr<T>(),
+        tdt.data_ptr<T>(), tA.data_ptr<T>(), tBt.data_ptr<T>(), tCt.data_ptr<T>(),
+        th0.data_ptr<T>(), tgy.data_ptr<T>(), tghL.data_ptr<T>(), tdu.data_ptr<T>(),
+        tddt.data_ptr<T>(), tdA.data_ptr<T>(), tdB_part.data_ptr<T>(), tdC_part.data_ptr<T>(),
+        tdh0.data_ptr<T>(), n_chunks, with_outputs ? ty.data_ptr<T>() : nullptr,
+        with_outputs ? thL.data_ptr<T>() : nullptr);
+  });
+  auto tdB = n_chunks == 1 ? tdB_part.squeeze(2) : tdB_part.sum(2);
+  auto tdC = n_chunks == 1 ? tdC_part.squeeze(2) : tdC_part.sum(2);
+  if (with_outputs) return {tdu, tddt, tdA, tdB, tdC, tdh0, ty, thL};
+  return {tdu, tddt, tdA, tdB, tdC, tdh0};
 }
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd", &selective_scan_fwd, "fused selective scan forward (CPU)");
   m.def("selective_scan_bwd", &selective_scan_bwd, "fused selective scan backward (CPU)");
-  m.def("core_scan_fwd", &core_scan_fwd, "core selective scan forward, plain or dual (CPU)");
-  m.def("core_scan_bwd", &core_scan_bwd, "core selective scan backward (and optionally the forward outputs), plain or dual (CPU)");
+  m.def("core_scan_fwd", &core_scan_fwd, "core selective scan forward (CPU)");
+  m.def("core_scan_bwd", &core_scan_bwd, "core selective scan backward (CPU)");
+  m.def("core_scan_fwd_jvp", &core_scan_fwd_jvp, "JVP of the core scan forward (CPU)");
+  m.def("core_scan_bwd_jvp", &core_scan_bwd_jvp, "JVP of the core scan backward (CPU)");
   m.def("mamba_step", &mamba_step, "fused Mamba inference step (CPU)");
   m.def("s4d_step", &s4d_step, "fused S4D inference step (CPU)");
   m.def("s5_step", &s5_step, "fused S5 inference step (CPU)");
