@@ -33,6 +33,25 @@ struct ScanArgs {
   bool softplus;
 };
 
+// Work items of the backward kernels: (b, g, chunk of the group's channels), enough of them to
+// keep every thread busy even for small batches. Partial sums live per item (dB, dC) or per
+// (b, d), and the caller reduces them, so no two threads write the same memory.
+int64_t bwd_chunks(const Dims& s) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t n = (2 * threads + s.B * s.G - 1) / (s.B * s.G);
+  return std::max<int64_t>(1, std::min<int64_t>(n, s.Dg));
+}
+
+struct WorkItem {
+  int64_t b, g, d_lo, d_hi;
+};
+
+inline WorkItem work_item(const Dims& s, int64_t item, int64_t n_chunks) {
+  const int64_t chunk = (s.Dg + n_chunks - 1) / n_chunks;
+  const int64_t b = item / (s.G * n_chunks), g = (item / n_chunks) % s.G, c = item % n_chunks;
+  return {b, g, g * s.Dg + c * chunk, std::min(g * s.Dg + (c + 1) * chunk, (g + 1) * s.Dg)};
+}
+
 Dims dims_of(const ScanArgs& a) {
   Dims d;
   d.B = a.u.size(0); d.D = a.u.size(1); d.L = a.u.size(2); d.N = a.A.size(1);
@@ -169,11 +188,8 @@ struct ScanGrads {
 template <typename T>
 void scan_bwd_kernel(const Dims& s, const ScanArgs& a, const T* gy, const T* ghL, ScanGrads& g,
                      int64_t n_chunks) {
-  // Work items: (b, g, chunk of the group's channels). dB/dC partial sums live per item and
-  // per-channel partials (dA, dD, dbias) per (b, d); the caller reduces them, so no two threads
-  // ever write the same memory.
+  // Work items as in work_item(); per-channel partials (dA, dD, dbias) per (b, d).
   const int64_t N = s.N, L = s.L;
-  const int64_t chunk = (s.Dg + n_chunks - 1) / n_chunks;
   const T *u = a.u.data_ptr<T>(), *dl = a.delta.data_ptr<T>(), *A = a.A.data_ptr<T>();
   const T *Bt = a.Bt.data_ptr<T>(), *Ct = a.Ct.data_ptr<T>(), *h0 = a.h0.data_ptr<T>();
   const T *Dv = ptr_or_null<T>(a.Dv), *z = ptr_or_null<T>(a.z), *bias = ptr_or_null<T>(a.bias);
@@ -187,16 +203,14 @@ void scan_bwd_kernel(const Dims& s, const ScanArgs& a, const T* gy, const T* ghL
   at::parallel_for(0, s.B * s.G * n_chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> hs((L + 1) * N), ea(L * N), gv(N), dts(L), ys(L), sdt(L), sg(z ? L : 0);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / (s.G * n_chunks), gr = (item / n_chunks) % s.G;
-      const int64_t c = item % n_chunks;
+      const WorkItem w = work_item(s, item, n_chunks);
+      const int64_t b = w.b, gr = w.g;
       const T* B_ = Bt + (b * s.G + gr) * L * N;
       const T* C_ = Ct + (b * s.G + gr) * L * N;
       T* dB_ = dB_part + item * L * N;
       T* dC_ = dC_part + item * L * N;
       const bool* r_ = resets ? resets + b * L : nullptr;
-      const int64_t d_lo = gr * s.Dg + c * chunk;
-      const int64_t d_hi = std::min(gr * s.Dg + (c + 1) * chunk, (gr + 1) * s.Dg);
-      for (int64_t d = d_lo; d < d_hi; ++d) {
+      for (int64_t d = w.d_lo; d < w.d_hi; ++d) {
         const int64_t bd = b * s.D + d;
         const T* u_ = u + bd * L;
         const T* dl_ = dl + bd * L;
@@ -311,10 +325,7 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
   TORCH_CHECK(gy.sizes() == u.sizes() && gy.is_contiguous(), "grad y must be (B, D, L)");
   TORCH_CHECK(ghL.sizes() == h0.sizes() && ghL.is_contiguous(), "grad h must be (B, D, N)");
   const Dims s = dims_of(a);
-  // Enough work items to keep every thread busy even for small batches.
-  const int64_t threads = at::get_num_threads();
-  int64_t n_chunks = (2 * threads + s.B * s.G - 1) / (s.B * s.G);
-  n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_chunks, s.Dg));
+  const int64_t n_chunks = bwd_chunks(s);
   ScanGrads g;
   g.du = at::empty_like(u);
   g.ddelta = at::empty_like(u);
@@ -704,16 +715,12 @@ void exp_table(int64_t L, int64_t N, const T* dt, const T* A, T* E) {
   }
 }
 
-struct CoreDims {
-  int64_t B, D, L, N, G, Dg;
-};
-
 // Checks the core's inputs and returns their sizes.
-CoreDims core_check(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& A,
+Dims core_check(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& A,
                     const at::Tensor& Bt, const at::Tensor& Ct, const at::Tensor& h0,
                     const at::Tensor& resets) {
   TORCH_CHECK(u.dim() == 3 && dt.sizes() == u.sizes(), "core scan: u, dt must be (B, D, L)");
-  CoreDims s;
+  Dims s;
   s.B = u.size(0); s.D = u.size(1); s.L = u.size(2);
   TORCH_CHECK(A.dim() == 3 && A.size(0) == s.B && A.size(1) == s.D, "core scan: A must be (B, D, N)");
   s.N = A.size(2);
@@ -736,7 +743,7 @@ CoreDims core_check(const at::Tensor& u, const at::Tensor& dt, const at::Tensor&
 }
 
 template <typename T>
-void core_fwd_kernel(const CoreDims& s, const T* u, const T* dt, const T* A, const T* Bt,
+void core_fwd_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T* Bt,
                      const T* Ct, const T* h0, const bool* resets, T* y, T* hL) {
   const int64_t N = s.N, L = s.L;
   at::parallel_for(0, s.B * s.D, 1, [&](int64_t begin, int64_t end) {
@@ -773,26 +780,22 @@ void core_fwd_kernel(const CoreDims& s, const T* u, const T* dt, const T* A, con
 }
 
 template <typename T>
-void core_bwd_kernel(const CoreDims& s, const T* u, const T* dt, const T* A, const T* Bt,
+void core_bwd_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T* Bt,
                      const T* Ct, const T* h0, const bool* resets, const T* gy, const T* ghL,
                      T* du, T* ddt, T* dA, T* dB_part, T* dC_part, T* dh0, int64_t n_chunks) {
-  // Work items (b, g, chunk of the group's channels); dB/dC partials per item, reduced by the
-  // caller, so no two threads write the same memory.
+  // Work items as in work_item().
   const int64_t N = s.N, L = s.L;
-  const int64_t chunk = (s.Dg + n_chunks - 1) / n_chunks;
   at::parallel_for(0, s.B * s.G * n_chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> hs((L + 1) * N), ea(L * N), gv(N), dAv(N);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / (s.G * n_chunks), gr = (item / n_chunks) % s.G;
-      const int64_t c = item % n_chunks;
+      const WorkItem w = work_item(s, item, n_chunks);
+      const int64_t b = w.b, gr = w.g;
       const T* B_ = Bt + (b * s.G + gr) * L * N;
       const T* C_ = Ct + (b * s.G + gr) * L * N;
       T* dB_ = dB_part + item * L * N;
       T* dC_ = dC_part + item * L * N;
       const bool* r_ = resets ? resets + b * L : nullptr;
-      const int64_t d_lo = gr * s.Dg + c * chunk;
-      const int64_t d_hi = std::min(gr * s.Dg + (c + 1) * chunk, (gr + 1) * s.Dg);
-      for (int64_t d = d_lo; d < d_hi; ++d) {
+      for (int64_t d = w.d_lo; d < w.d_hi; ++d) {
         const int64_t bd = b * s.D + d;
         const T* u_ = u + bd * L;
         const T* dt_ = dt + bd * L;
@@ -852,7 +855,7 @@ std::vector<at::Tensor> core_scan_fwd(const at::Tensor& u, const at::Tensor& dt,
                                       const at::Tensor& A, const at::Tensor& Bt,
                                       const at::Tensor& Ct, const at::Tensor& h0,
                                       const at::Tensor& resets) {
-  const CoreDims s = core_check(u, dt, A, Bt, Ct, h0, resets);
+  const Dims s = core_check(u, dt, A, Bt, Ct, h0, resets);
   auto y = at::empty_like(u);
   auto hL = at::empty_like(h0);
   const bool* r = resets.numel() ? resets.data_ptr<bool>() : nullptr;
@@ -870,14 +873,12 @@ std::vector<at::Tensor> core_scan_bwd(const at::Tensor& u, const at::Tensor& dt,
                                       const at::Tensor& Ct, const at::Tensor& h0,
                                       const at::Tensor& resets, const at::Tensor& gy,
                                       const at::Tensor& ghL) {
-  const CoreDims s = core_check(u, dt, A, Bt, Ct, h0, resets);
+  const Dims s = core_check(u, dt, A, Bt, Ct, h0, resets);
   TORCH_CHECK(gy.sizes() == u.sizes() && gy.is_contiguous() && gy.scalar_type() == u.scalar_type(),
               "core scan: grad y must be like u");
   TORCH_CHECK(ghL.sizes() == h0.sizes() && ghL.is_contiguous() &&
               ghL.scalar_type() == u.scalar_type(), "core scan: grad h_L must be like h0");
-  const int64_t threads = at::get_num_threads();
-  int64_t n_chunks = (2 * threads + s.B * s.G - 1) / (s.B * s.G);
-  n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_chunks, s.Dg));
+  const int64_t n_chunks = bwd_chunks(s);
   auto du = at::empty_like(u), ddt = at::empty_like(u);
   auto dA = at::empty_like(A), dh0 = at::empty_like(h0);
   auto dB_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
@@ -912,7 +913,7 @@ void tangent_exp_table(int64_t L, int64_t N, const T* dt, const T* A, const T* t
 }
 
 template <typename T>
-void core_fwd_jvp_kernel(const CoreDims& s, const T* u, const T* dt, const T* A, const T* Bt,
+void core_fwd_jvp_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T* Bt,
                          const T* Ct, const T* h0, const bool* resets, const T* tu,
                          const T* tdt, const T* tA, const T* tBt, const T* tCt, const T* th0,
                          T* ty, T* thL) {
@@ -952,27 +953,24 @@ void core_fwd_jvp_kernel(const CoreDims& s, const T* u, const T* dt, const T* A,
 }
 
 template <typename T>
-void core_bwd_jvp_kernel(const CoreDims& s, const T* u, const T* dt, const T* A, const T* Bt,
+void core_bwd_jvp_kernel(const Dims& s, const T* u, const T* dt, const T* A, const T* Bt,
                          const T* Ct, const T* h0, const bool* resets, const T* gy,
                          const T* ghL, const T* tu, const T* tdt, const T* tA, const T* tBt,
                          const T* tCt, const T* th0, const T* tgy, const T* tghL, T* tdu,
                          T* tddt, T* tdA, T* tdB_part, T* tdC_part, T* tdh0, int64_t n_chunks,
                          T* ty, T* thL) {
   const int64_t N = s.N, L = s.L;
-  const int64_t chunk = (s.Dg + n_chunks - 1) / n_chunks;
   at::parallel_for(0, s.B * s.G * n_chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> hs((L + 1) * N), ths((L + 1) * N), ea(L * N), tea(L * N);
     std::vector<T> gv(N), tgv(N), tdAv(N);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / (s.G * n_chunks), gr = (item / n_chunks) % s.G;
-      const int64_t c = item % n_chunks;
+      const WorkItem w = work_item(s, item, n_chunks);
+      const int64_t b = w.b, gr = w.g;
       const int64_t off = (b * s.G + gr) * L * N;
       T* tdB_ = tdB_part + item * L * N;
       T* tdC_ = tdC_part + item * L * N;
       const bool* r_ = resets ? resets + b * L : nullptr;
-      const int64_t d_lo = gr * s.Dg + c * chunk;
-      const int64_t d_hi = std::min(gr * s.Dg + (c + 1) * chunk, (gr + 1) * s.Dg);
-      for (int64_t d = d_lo; d < d_hi; ++d) {
+      for (int64_t d = w.d_lo; d < w.d_hi; ++d) {
         const int64_t bd = b * s.D + d;
         const T *u_ = u + bd * L, *dt_ = dt + bd * L, *tu_ = tu + bd * L, *tdt_ = tdt + bd * L;
         const T *A_ = A + bd * N, *tA_ = tA + bd * N;
@@ -1069,7 +1067,7 @@ std::vector<at::Tensor> core_scan_fwd_jvp(const at::Tensor& u, const at::Tensor&
                                           const at::Tensor& tdt, const at::Tensor& tA,
                                           const at::Tensor& tBt, const at::Tensor& tCt,
                                           const at::Tensor& th0) {
-  const CoreDims s = core_check(u, dt, A, Bt, Ct, h0, resets);
+  const Dims s = core_check(u, dt, A, Bt, Ct, h0, resets);
   check_tangents({u, dt, A, Bt, Ct, h0}, {tu, tdt, tA, tBt, tCt, th0});
   auto ty = at::empty_like(u), thL = at::empty_like(h0);
   const bool* r = resets.numel() ? resets.data_ptr<bool>() : nullptr;
@@ -1092,11 +1090,9 @@ std::vector<at::Tensor> core_scan_bwd_jvp(
     const at::Tensor& ghL, const at::Tensor& tu, const at::Tensor& tdt, const at::Tensor& tA,
     const at::Tensor& tBt, const at::Tensor& tCt, const at::Tensor& th0, const at::Tensor& tgy,
     const at::Tensor& tghL, bool with_outputs) {
-  const CoreDims s = core_check(u, dt, A, Bt, Ct, h0, resets);
+  const Dims s = core_check(u, dt, A, Bt, Ct, h0, resets);
   check_tangents({u, dt, A, Bt, Ct, h0, u, h0, u, h0}, {tu, tdt, tA, tBt, tCt, th0, gy, ghL, tgy, tghL});
-  const int64_t threads = at::get_num_threads();
-  int64_t n_chunks = (2 * threads + s.B * s.G - 1) / (s.B * s.G);
-  n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_chunks, s.Dg));
+  const int64_t n_chunks = bwd_chunks(s);
   auto tdu = at::empty_like(u), tddt = at::empty_like(u);
   auto tdA = at::empty_like(A), tdh0 = at::empty_like(h0);
   auto tdB_part = at::zeros({s.B, s.G, n_chunks, s.L, s.N}, u.options());
