@@ -170,11 +170,25 @@ def use_cpu_fused(*tensors: Tensor, backend: str = "auto", what: str = "scan") -
     return fused_allowed(backend=backend, what=what) and cpu_ext() is not None
 
 
+def nested_forward_mode() -> bool:
+    """True inside two or more nested ``torch.func.jvp`` levels (forward over forward, e.g. the
+    forward-mode HVP of an objective that itself takes a gradient). There torch (2.13) silently
+    drops the outer tangent through an ``autograd.Function``'s ``jvp`` rule (it comes out zero;
+    pytorch/pytorch#197867), so ssm's custom Functions step aside for plain torch ops."""
+    try:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    except ImportError:  # pragma: no cover - other torch versions
+        return False
+    jvps = [i for i in retrieve_all_functorch_interpreters() if i.key() == TransformType.Jvp]
+    return len(jvps) >= 2
+
+
 def use_cpu_core(*tensors: Tensor, backend: str = "auto") -> bool:
     """Whether the twice-differentiable fused scan (:mod:`ssm.core_scan`) may run: CPU float
     tensors, the extension built, and no backend pinned. Unlike the first-order kernels it is
     allowed inside ``torch.func`` transforms (it has vmap, jvp and double-backward rules)."""
-    if backend != "auto":
+    if backend != "auto" or nested_forward_mode():
         return False
     if not all(t.device.type == "cpu" for t in tensors):
         return False

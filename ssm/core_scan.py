@@ -151,6 +151,7 @@ class _CoreBwd(Function):
 
 def _jvp_ref(mode: str, resets: Tensor | None, *tensors: Tensor) -> tuple[Tensor, ...]:
     """What :class:`_CoreJvp` computes, through the reference and ``torch.func``."""
+    tensors = tuple(t.contiguous() for t in tensors)  # forward-mode AD refuses expanded tangents
 
     def fwd(*x):
         return core_scan_ref(*x, resets)
@@ -187,6 +188,7 @@ class _CoreJvp(Function):
     def setup_context(ctx, inputs, output):
         ctx.mode = inputs[0]
         ctx.save_for_backward(inputs[1], *inputs[2:])
+        ctx.save_for_forward(inputs[1], *inputs[2:])
 
     @staticmethod
     def backward(ctx, *g):
@@ -198,6 +200,19 @@ class _CoreJvp(Function):
         resets, *tensors = ctx.saved_tensors
         _, vjp_fn = torch.func.vjp(lambda *ts: _jvp_ref(ctx.mode, resets, *ts), *tensors)
         return (None, None, *vjp_fn(g))  # grads are materialised: none is None
+
+    @staticmethod
+    def jvp(ctx, _mode, _resets, *tangents):
+        # Forward mode through a second derivative (e.g. an HVP of a meta-objective): likewise.
+        _backend.log_once(
+            "core-third-order",
+            "ssm: a third derivative of the selective scan runs through the torch reference",
+        )
+        resets, *tensors = ctx.saved_tensors
+        tangents = _zeros_if_none(tangents, tensors)
+        return torch.func.jvp(
+            lambda *ts: _jvp_ref(ctx.mode, resets, *ts), tuple(tensors), tuple(tangents)
+        )[1]
 
 
 def core_scan(
@@ -214,6 +229,8 @@ def core_scan(
     _check(u, dt, A, Bt, Ct, h0, resets)
     if A.dim() == 2:
         A = A.expand(u.shape[0], *A.shape)
+    if _backend.nested_forward_mode():  # autograd.Function jvp rules lose outer tangents there
+        return core_scan_ref(u, dt, A, Bt, Ct, h0, resets)
     return _Core.apply(u, dt, A, Bt, Ct, h0, resets)
 
 

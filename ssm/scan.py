@@ -88,5 +88,10 @@ class _StackSteps(torch.autograd.Function):
 
 def stack_steps(steps: Sequence[Tensor], dim: int) -> Tensor:
     """``torch.stack(steps, dim)`` for the per-step outputs of a recurrence, with a backward that
-    stays O(L) when differentiated again (see :class:`_StackSteps`)."""
+    stays O(L) when differentiated again (see :class:`_StackSteps`). Under nested forward mode it
+    is plain ``torch.stack`` (see :func:`ssm.backend.nested_forward_mode`)."""
+    from .backend import nested_forward_mode
+
+    if nested_forward_mode():
+        return torch.stack(list(steps), dim=dim)
     return _StackSteps.apply(dim, *steps)

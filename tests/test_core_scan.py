@@ -167,3 +167,35 @@ def test_jvp_kernels_match_the_reference_jvps(fused, mode):
     for a, b in zip(got, want):
         assert (a - b).abs().max() < 1e-12 * max(1.0, b.abs().max().item())
     assert {"fwd": "core_scan_fwd_jvp"}.get(mode, "core_scan_bwd_jvp") in fused
+
+
+def test_forward_mode_through_a_meta_objective_matches_reference(fused):
+    """jvp(grad(meta)) with meta = loss after an inner gradient step: forward mode through the
+    scan's double backward, where the JVP rules nest jvp levels (the reference steps in there)."""
+    data = inputs(seed=4)
+    r = resets_for()
+    w = torch.randn(2, 4, 6, dtype=F64)
+    p, v = (data[2],), (torch.randn_like(data[2]),)
+    out = {}
+    for name, scan in (("fused", core_scan), ("ref", ref)):
+        f = _loss(scan)
+
+        def meta(q, f=f):
+            g = grad(f)(q, data, r, w)
+            return f(tuple(qi - 0.1 * gi for qi, gi in zip(q, g)), data, r, w)
+
+        out[name] = jvp(grad(meta), (p,), (v,))[1][0]
+    assert "core_scan_bwd" in fused
+    assert out["ref"].abs().max() > 1e-3
+    assert (out["fused"] - out["ref"]).abs().max() < 1e-10 * out["ref"].abs().max()
+    # forward over forward: the second directional derivative of the scan's outputs
+    x = inputs(seed=6)
+    t1, t2 = [torch.randn_like(t) for t in x], [torch.randn_like(t) for t in x]
+
+    def second(scan):
+        first = lambda *a: jvp(lambda *b: scan(*b, r), tuple(a), tuple(t1))[1]  # noqa: E731
+        return jvp(first, tuple(x), tuple(t2))[1]
+
+    for a, b in zip(second(core_scan), second(ref)):
+        assert b.abs().max() > 1e-6
+        assert (a - b).abs().max() < 1e-10 * max(1.0, b.abs().max().item())

@@ -69,3 +69,21 @@ def test_forward_mode_fills_absent_tangents_with_zeros():
     _, t = jvp(lambda a: stack_steps([a, b], 1), (a,), (torch.ones_like(a),))  # b has no tangent
     assert torch.equal(t[:, 0], torch.ones(3, 2))
     assert torch.equal(t[:, 1], torch.zeros(3, 2))
+
+
+def test_forward_over_forward_matches_torch_stack():
+    """Nested jvp: torch drops the outer tangent through an autograd.Function's jvp rule
+    (pytorch/pytorch#197867), so stack_steps falls back to torch.stack there."""
+    g = torch.Generator().manual_seed(0)
+    xs, tx, dx, dtx = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(4))
+
+    def f(stack):
+        return lambda x: stack([x[i] * x[i] for i in range(5)], dim=-1)
+
+    def nested(stack):
+        inner = lambda x, t: torch.func.jvp(f(stack), (x,), (t,))[1]  # noqa: E731
+        return torch.func.jvp(inner, (xs, tx), (dx, dtx))[1]
+
+    want = nested(torch.stack)
+    assert want.abs().max() > 1e-3
+    assert (nested(stack_steps) - want).abs().max() < 1e-12
