@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .backend import nested_forward_mode
+
 __all__ = ["diagonal_linear_scan", "stack_steps"]
 
 
@@ -90,8 +92,6 @@ def stack_steps(steps: Sequence[Tensor], dim: int) -> Tensor:
     """``torch.stack(steps, dim)`` for the per-step outputs of a recurrence, with a backward that
     stays O(L) when differentiated again (see :class:`_StackSteps`). Under nested forward mode it
     is plain ``torch.stack`` (see :func:`ssm.backend.nested_forward_mode`)."""
-    from .backend import nested_forward_mode
-
     if nested_forward_mode():
         return torch.stack(list(steps), dim=dim)
     return _StackSteps.apply(dim, *steps)
