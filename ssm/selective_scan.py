@@ -252,16 +252,21 @@ def _partial_grads(outs, grads_out, inputs, wants, create_graph: bool) -> list:
     return [next(grads) if w else None for w in wants]
 
 
+def _core_path(u, delta, A, Bt, Ct, D, z, bias, softplus, h0, resets):
+    """The twice-differentiable fused path: :func:`ssm.core_scan.core_scan` inside torch's
+    elementwise prologue and epilogue. B, C as (B, G, L, N); absent inputs None."""
+    dt = _prepare_delta(delta, bias, softplus)
+    y, h_last = core_scan(u, dt, A, Bt, Ct, h0, resets)
+    return _finish(y, u, D, z), h_last
+
+
 def _core_fused_layout(u, delta, A, Bt, Ct, D, z, bias, softplus, h0, resets):
-    """The twice-differentiable fused path on _FusedScan's layout (B, C as (B, G, L, N); empty =
-    absent): :func:`ssm.core_scan.core_scan` inside torch's elementwise prologue/epilogue."""
+    """:func:`_core_path` on _FusedScan's inputs (empty = absent)."""
 
     def opt(t):
         return t if t.numel() else None
 
-    dt = _prepare_delta(delta, opt(bias), softplus)
-    y, h_last = core_scan(u, dt, A, Bt, Ct, h0, opt(resets))
-    return _finish(y, u, opt(D), opt(z)), h_last
+    return _core_path(u, delta, A, Bt, Ct, opt(D), opt(z), opt(bias), softplus, h0, opt(resets))
 
 
 def _graph_grads(ctx, g_out, g_last):
@@ -304,12 +309,10 @@ def _core_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, resets):
     batch, dim, _ = u.shape
     dtype = u.dtype
     B, C = _grouped(B, C)
-    dt = _prepare_delta(delta, delta_bias, delta_softplus).to(dtype)
     h0 = u.new_zeros(batch, dim, A.shape[1]) if h0 is None else h0.to(dtype)
-    y, h_last = core_scan(
-        u, dt, A.to(dtype), B.transpose(-1, -2).to(dtype), C.transpose(-1, -2).to(dtype), h0, resets
-    )
-    return _finish(y, u, D, z), h_last
+    Bt, Ct = B.transpose(-1, -2).to(dtype), C.transpose(-1, -2).to(dtype)  # (B G L N)
+    delta, A = delta.to(dtype), A.to(dtype)
+    return _core_path(u, delta, A, Bt, Ct, D, z, delta_bias, delta_softplus, h0, resets)
 
 
 def _fused_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, resets):
