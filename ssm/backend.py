@@ -8,7 +8,7 @@ Three implementations of the selective scan exist:
   ``torch.utils.cpp_extension``; they keep the state in registers and recompute it in backward.
   Outside ``torch.func`` a first-order kernel with the whole epilogue runs; a double backward,
   and every ``torch.func`` transform, go through :mod:`ssm.core_scan`, the recurrence alone with
-  vmap, forward-mode and double-backward rules (its kernels also run on dual numbers).
+  vmap, forward-mode and double-backward rules (JVP kernels of its forward and backward).
 * ``cuda``    mamba-ssm's ``selective_scan_fn`` (optional ``cuda`` extra). First-order only.
 
 :func:`ssm.selective_scan.selective_scan` picks one for a call. Anything that needs what a fused

@@ -133,8 +133,7 @@ class _CoreBwd(Function):
 
     @staticmethod
     def backward(ctx, *w):
-        *x, resets, gy, g_last = ctx.saved_tensors
-        w = _zeros_if_none(w, x)
+        *x, resets, gy, g_last = ctx.saved_tensors  # grads are materialised: no w is None
         # d/dx (wᵀ J(x)ᵀ g): the tangent of the backward at x + εw (symmetric second derivatives)
         # and d/dg (wᵀ J(x)ᵀ g) = J(x) w, which the backward's JVP kernel returns beside it
         zg = (torch.zeros_like(gy), torch.zeros_like(g_last))
@@ -169,6 +168,13 @@ def _jvp_ref(mode: str, resets: Tensor | None, *tensors: Tensor) -> tuple[Tensor
     return out
 
 
+def _note_third_order() -> None:
+    _backend.log_once(
+        "core-third-order",
+        "ssm: a third derivative of the selective scan runs through the torch reference",
+    )
+
+
 @_fold_vmap
 class _CoreJvp(Function):
     """Tangents only. ``("fwd", resets, x, ẋ) -> J(x) ẋ``,
@@ -193,10 +199,7 @@ class _CoreJvp(Function):
     @staticmethod
     def backward(ctx, *g):
         # A third derivative: exact, through the pure-torch reference (slow; rarely needed).
-        _backend.log_once(
-            "core-third-order",
-            "ssm: a third derivative of the selective scan runs through the torch reference",
-        )
+        _note_third_order()
         resets, *tensors = ctx.saved_tensors
         _, vjp_fn = torch.func.vjp(lambda *ts: _jvp_ref(ctx.mode, resets, *ts), *tensors)
         return (None, None, *vjp_fn(g))  # grads are materialised: none is None
@@ -204,10 +207,7 @@ class _CoreJvp(Function):
     @staticmethod
     def jvp(ctx, _mode, _resets, *tangents):
         # Forward mode through a second derivative (e.g. an HVP of a meta-objective): likewise.
-        _backend.log_once(
-            "core-third-order",
-            "ssm: a third derivative of the selective scan runs through the torch reference",
-        )
+        _note_third_order()
         resets, *tensors = ctx.saved_tensors
         tangents = _zeros_if_none(tangents, tensors)
         return torch.func.jvp(
