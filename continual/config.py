@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from metarl.ppo import PPOConfig
-from metarl.runner import PolicyConfig, RunConfig
+from metarl.train_config import PolicyConfig, RunConfig
 
 from .drift import ADWINConfig, PageHinkleyConfig
 from .replay import ReplayConfig
