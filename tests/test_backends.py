@@ -10,8 +10,8 @@ import torch
 
 from metarl.backends import INSTALL_HINT, LocalCollector, RayConfig, require_ray, task_slices
 from metarl.config import ConfigError
-from metarl.meta.collect import collect_tasks
 from metarl.runner import PolicyConfig, TrainConfig, train
+from metarl.task_rollout import collect_tasks
 from metarl.tasks import make_family
 from metarl.trajectory import Trajectory, concat_batch
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from metarl.meta.collect import collect_tasks
 from metarl.meta.functional import Params
+from metarl.task_rollout import collect_tasks
 from metarl.tasks import Task, TaskFamily
 from metarl.trajectory import Trajectory
 from ssm.policy import SequencePolicy

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from metarl.meta.collect import collect_tasks
+from metarl.task_rollout import collect_tasks
 from metarl.tasks import Task, TaskFamily
 from ssm.policy import SequencePolicy
 

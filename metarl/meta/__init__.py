@@ -14,9 +14,10 @@ surrogate), FOMAML, iMAML, Reptile, the MAML++ options, and Adam or TRPO outer s
 - :mod:`metarl.meta.testing`: the ``higher`` oracle (tests and benchmarks only) and tiny fixtures.
 """
 
+from metarl.task_rollout import TaskBatchedPolicy, collect_tasks
+
 from .adaptation import adapt_eval, finetune_learner, in_context_eval, summarize_curves
 from .batch import TaskBatch, task_batch, task_batches
-from .collect import TaskBatchedPolicy, collect_tasks
 from .config import MetaConfig
 from .functional import conjugate_gradient, implicit_meta_gradient
 from .learners import (

@@ -30,11 +30,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from metarl.task_rollout import collect_tasks, episode_success_any
 from metarl.tasks import Task, TaskFamily
 from ssm.policy import SequencePolicy
 
 from . import functional as F
-from .collect import collect_tasks, episode_success_any
 from .config import MetaConfig
 from .learners import IMAML, MAML, MetaLearner
 

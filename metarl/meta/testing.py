@@ -100,7 +100,7 @@ def tiny_policy(kind: str = "gru", family: str = "nav2d", seed: int = 0, **famil
 def tiny_meta_batch(learner, family, n_tasks: int = 3, envs_per_task: int = 2, seed: int = 0):
     """Support trajectories sampled with θ and query trajectories sampled with each task's
     adapted parameters, as :class:`TaskBatch` es stacked over ``n_tasks`` training tasks."""
-    from .collect import collect_tasks
+    from metarl.task_rollout import collect_tasks
 
     tasks = family.sample(n_tasks, seed=seed)
     steps = family.max_episode_steps

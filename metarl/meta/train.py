@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from metarl.task_rollout import episode_success_any
 from metarl.tasks import TaskFamily
 from metarl.trajectory import Trajectory
 from ssm.policy import SequencePolicy
 
 from .base import probe_second_order
 from .batch import TaskBatch
-from .collect import episode_success_any
 from .config import MetaConfig
 from .learners import MAML, MetaLearner, Reptile, make_learner
 from .trpo import trpo_step

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +27,8 @@ from metarl.trajectory import Trajectory
 from ssm.backend import log_once
 from ssm.policy import PolicyOutput, PolicyState, SequencePolicy
 
-from .functional import Params
+if TYPE_CHECKING:
+    from metarl.meta.functional import Params
 
 
 class _Step(nn.Module):
