@@ -21,7 +21,7 @@ import torch
 
 from ssm.policy import SequencePolicy
 
-from .backends.collector import Collector, LocalCollector
+from .collector import Collector, LocalCollector
 from .objectives import gae
 from .ppo import IterationStats, PPOConfig, iteration_stats, ppo_update, run_trainer
 from .rollout import Rollout

@@ -5,7 +5,8 @@ Ray one (:mod:`metarl.backends.ray_collector`) imports Ray only when it is built
 install command when Ray is missing.
 """
 
-from .collector import Collector, LocalCollector, TaskSet, task_slices
+from metarl.collector import Collector, LocalCollector, TaskSet, task_slices
+
 from .config import RayConfig
 from .ray_collector import (
     INSTALL_HINT,

@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
+from metarl.collector import Collector, TaskSet, task_slices
 from metarl.trajectory import concat_batch
 
-from .collector import Collector, TaskSet, task_slices
 from .config import RayConfig
 from .worker import RolloutWorker, SliceRequest
 
@@ -339,7 +339,7 @@ def make_collector(
     meta_config: Any = None,
 ) -> Collector:
     """``backend: local | ray`` -> a collector."""
-    from .collector import LocalCollector
+    from metarl.collector import LocalCollector
 
     if backend == "local":
         return LocalCollector(policy, family, vectorize)

@@ -40,7 +40,7 @@ from .learners import MAML, MetaLearner, Reptile, make_learner
 from .trpo import trpo_step
 
 if TYPE_CHECKING:
-    from metarl.backends.collector import Collector
+    from metarl.collector import Collector
 
 
 @dataclass
@@ -167,7 +167,7 @@ class MetaTrainer:
         config: MetaConfig,
         collector: Collector | None = None,
     ):
-        from metarl.backends.collector import LocalCollector
+        from metarl.collector import LocalCollector
 
         self.policy, self.family, self.config = policy, family, config
         self.learner = make_learner(policy, config)
