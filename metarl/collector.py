@@ -1,4 +1,4 @@
-"""The rollout interface shared by the local and the Ray backend.
+"""Collectors: the rollout interface every trainer collects through, and the local one.
 
 A :class:`Collector` owns a policy and a task family. ``collector.open(tasks, envs_per_task)``
 builds the environments of a task batch once and returns a :class:`TaskSet`; every
@@ -12,6 +12,11 @@ meta-batch share one task set.
 :class:`metarl.backends.ray_collector.RayCollector` splits the task batch into contiguous slices,
 one per Ray actor, and joins the slices: same trajectories, bit for bit where the arithmetic
 agrees (see :mod:`metarl.backends.ray_collector`).
+
+This module sits below both the trainers (:mod:`metarl.meta`, :mod:`metarl.rl2`) and the backends
+(:mod:`metarl.backends`, which serve meta-learners and so import :mod:`metarl.meta`): a trainer
+takes any :class:`Collector` and builds a :class:`LocalCollector` when given none, without
+importing the backends.
 """
 
 from __future__ import annotations
@@ -21,29 +26,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from metarl.meta.functional import Params
 from metarl.task_rollout import collect_tasks
 from metarl.tasks import Task, TaskFamily
 from metarl.trajectory import Trajectory
 from ssm.policy import SequencePolicy
 
-__all__ = ["Collector", "LocalCollector", "TaskSet", "task_slices"]
-
-
-def task_slices(n_tasks: int, n_workers: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of ``min(n_tasks, n_workers)`` contiguous slices whose sizes differ by at
-    most one (the larger ones first)."""
-    if n_tasks < 1 or n_workers < 1:
-        raise ValueError(f"need >= 1 task and worker, got {n_tasks} tasks, {n_workers} workers")
-    k = min(n_tasks, n_workers)
-    size, extra = divmod(n_tasks, k)
-    out, start = [], 0
-    for i in range(k):
-        stop = start + size + (i < extra)
-        out.append((start, stop))
-        start = stop
-    return out
+__all__ = ["Collector", "LocalCollector", "TaskSet"]
 
 
 class TaskSet(abc.ABC):
@@ -57,7 +47,7 @@ class TaskSet(abc.ABC):
         self,
         num_steps: int,
         seed: int,
-        params: Params | None = None,
+        params: dict[str, Tensor] | None = None,
         generator: torch.Generator | None = None,
         deterministic: bool = False,
     ) -> Trajectory:

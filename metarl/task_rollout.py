@@ -1,4 +1,4 @@
-"""Collecting a meta-batch: every task's envs in one vector env, each task acting with its own
+"""Task-batched rollouts: every task's envs in one vector env, each task acting with its own
 (adapted) parameters.
 
 Sub-env ``i·B + k`` runs task ``i`` (``B`` envs per task). With shared parameters the plain
@@ -6,13 +6,16 @@ Sub-env ``i·B + k`` runs task ``i`` (``B`` envs per task). With shared paramete
 :class:`TaskBatchedPolicy` wraps the policy: its ``step`` reshapes the ``N·B`` rows to ``(N, B)``
 and runs ``vmap`` over tasks of ``functional_call(policy.step)`` with the stacked parameters, so
 one call acts for all tasks, with no per-task module copies and no Python loop over tasks.
+
+Part of the rollout engine, below the meta-learners (:mod:`metarl.meta`) and the collectors
+(:mod:`metarl.collector`, :mod:`metarl.backends`) that call it. Per-task parameters are plain
+``{name: (N, *shape)}`` dicts.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
@@ -26,9 +29,6 @@ from metarl.tasks import Task, TaskFamily
 from metarl.trajectory import Trajectory
 from ssm.backend import log_once
 from ssm.policy import PolicyOutput, PolicyState, SequencePolicy
-
-if TYPE_CHECKING:
-    from metarl.meta.functional import Params
 
 
 class _Step(nn.Module):
@@ -52,7 +52,11 @@ class TaskBatchedPolicy(nn.Module):
     """
 
     def __init__(
-        self, policy: SequencePolicy, params: Params, envs_per_task: int, vectorize: bool = True
+        self,
+        policy: SequencePolicy,
+        params: dict[str, Tensor],
+        envs_per_task: int,
+        vectorize: bool = True,
     ):
         super().__init__()
         self.vectorize = vectorize
@@ -113,8 +117,8 @@ class TaskBatchedPolicy(nn.Module):
             except RuntimeError as e:
                 log_once(
                     f"meta-act-vmap-{type(e).__name__}",
-                    f"metarl.meta: vmap over tasks failed while acting ({type(e).__name__}: {e}); "
-                    "acting with a Python loop over tasks instead",
+                    "metarl.task_rollout: vmap over tasks failed while acting "
+                    f"({type(e).__name__}: {e}); acting with a Python loop over tasks instead",
                     logging.WARNING,
                 )
                 self.vectorize = False
@@ -169,7 +173,7 @@ def collect_tasks(
     envs_per_task: int,
     num_steps: int,
     seed: int,
-    params: Params | None = None,
+    params: dict[str, Tensor] | None = None,
     generator: torch.Generator | None = None,
     deterministic: bool = False,
     vectorize: bool = True,

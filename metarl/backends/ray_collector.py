@@ -2,7 +2,7 @@
 
 ``RayCollector(policy, family, RayConfig(...))`` starts ``num_workers`` :class:`RolloutWorker`
 actors (joining the cluster at ``address``, or starting a Ray instance on this machine). A task
-set's ``N`` tasks are split into contiguous slices (:func:`~metarl.backends.collector.task_slices`);
+set's ``N`` tasks are split into contiguous slices (:func:`task_slices`);
 each ``collect`` sends every worker the policy's current state (once, through the object store),
 its slice of any per-task parameters and the generator state, and joins the returned slices in
 task order.
@@ -36,7 +36,9 @@ from typing import Any
 
 import torch
 
-from metarl.collector import Collector, TaskSet, task_slices
+from metarl.collector import Collector, TaskSet
+from metarl.meta.base import MetaGradient
+from metarl.meta.train import MetaBatch
 from metarl.trajectory import concat_batch
 
 from .config import RayConfig
@@ -50,6 +52,7 @@ __all__ = [
     "gather_retrying",
     "make_collector",
     "require_ray",
+    "task_slices",
 ]
 
 log = logging.getLogger("metarl.backends")
@@ -137,6 +140,21 @@ def gather_retrying(
             replace(i)
             pending[submit(i)] = (i, failed)
     return results, failures
+
+
+def task_slices(n_tasks: int, n_workers: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of ``min(n_tasks, n_workers)`` contiguous slices whose sizes differ by at
+    most one (the larger ones first)."""
+    if n_tasks < 1 or n_workers < 1:
+        raise ValueError(f"need >= 1 task and worker, got {n_tasks} tasks, {n_workers} workers")
+    k = min(n_tasks, n_workers)
+    size, extra = divmod(n_tasks, k)
+    out, start = [], 0
+    for i in range(k):
+        stop = start + size + (i < extra)
+        out.append((start, stop))
+        start = stop
+    return out
 
 
 def _cpu_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -275,9 +293,6 @@ class RayCollector(Collector):
         """Support, first-order adaptation and query of every slice on its worker; returns the
         joined :class:`~metarl.meta.train.MetaBatch` (trajectories only) and the meta-batch's
         :class:`~metarl.meta.base.MetaGradient` (slice means weighted by slice size)."""
-        from metarl.meta.base import MetaGradient
-        from metarl.meta.train import MetaBatch
-
         task_set = _RayTaskSet(self, tasks, envs_per_task, None, {})
         n = len(task_set.tasks)
         state_ref = self.ray.put(_cpu_state(self.policy))

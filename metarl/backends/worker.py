@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from metarl.meta.learners import make_learner
+from metarl.meta.train import collect_meta_batch, restore_inner_lrs
 from metarl.task_rollout import collect_tasks
 from metarl.tasks import Task, TaskFamily
 from ssm.policy import SequencePolicy
@@ -132,9 +134,6 @@ class RolloutWorker:
         """Support -> first-order adaptation -> query -> the slice's first-order meta-gradient
         (mean over its tasks); returns ``(MetaBatch of the slice, MetaGradient, generator
         state)``. The outer step is the learner's."""
-        from metarl.meta.learners import make_learner
-        from metarl.meta.train import collect_meta_batch, restore_inner_lrs
-
         if self.meta_config is None:
             raise RuntimeError("this worker was built without a meta config")
         if self._learner is None:

@@ -23,11 +23,11 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from metarl.collector import Collector, LocalCollector
 from metarl.task_rollout import episode_success_any
 from metarl.tasks import TaskFamily
 from metarl.trajectory import Trajectory
@@ -38,9 +38,6 @@ from .batch import TaskBatch
 from .config import MetaConfig
 from .learners import MAML, MetaLearner, Reptile, make_learner
 from .trpo import trpo_step
-
-if TYPE_CHECKING:
-    from metarl.collector import Collector
 
 
 @dataclass
@@ -167,8 +164,6 @@ class MetaTrainer:
         config: MetaConfig,
         collector: Collector | None = None,
     ):
-        from metarl.collector import LocalCollector
-
         self.policy, self.family, self.config = policy, family, config
         self.learner = make_learner(policy, config)
         self.collector = collector or LocalCollector(policy, family, vectorize=config.vectorize)
