@@ -11,13 +11,13 @@ learners. Trainers never import it; they take a collector (the run harness build
 from metarl.collector import Collector, LocalCollector, TaskSet
 
 from .config import RayConfig
+from .factory import make_collector
 from .ray_collector import (
     INSTALL_HINT,
     RayCollector,
     WorkerLost,
     connect_ray,
     gather_retrying,
-    make_collector,
     require_ray,
     task_slices,
 )

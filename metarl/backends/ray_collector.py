@@ -50,7 +50,6 @@ __all__ = [
     "WorkerLost",
     "connect_ray",
     "gather_retrying",
-    "make_collector",
     "require_ray",
     "task_slices",
 ]
@@ -343,21 +342,3 @@ class RayCollector(Collector):
         if self.started_ray:
             self.ray.shutdown()
             self.started_ray = False
-
-
-def make_collector(
-    backend: str,
-    policy,
-    family,
-    ray_config: RayConfig | None = None,
-    vectorize: bool = True,
-    meta_config: Any = None,
-) -> Collector:
-    """``backend: local | ray`` -> a collector."""
-    from metarl.collector import LocalCollector
-
-    if backend == "local":
-        return LocalCollector(policy, family, vectorize)
-    if backend == "ray":
-        return RayCollector(policy, family, ray_config or RayConfig(), vectorize, meta_config)
-    raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
