@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metarl.config import write_atomic
+from ssm.util import write_atomic
 
 __all__ = [
     "DetectionScores",

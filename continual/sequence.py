@@ -47,10 +47,11 @@ import numpy as np
 import torch
 
 from curricula import BuiltCurriculum, Curriculum, StageSchedule, load_curriculum
-from metarl.config import config_to_dict, load_config, write_atomic
+from metarl.config import config_to_dict, load_config
 from metarl.run_dir import RunDir, capture_rng_state, restore_rng_state
 from metarl.runner import seed_everything
 from ssm.policy import SequencePolicy
+from ssm.util import write_atomic
 
 from . import metrics as cw
 from .config import SequenceConfig

@@ -29,11 +29,12 @@ from pathlib import Path
 
 import ray
 import torch
-from results_io import run_metadata, write_json_atomic, write_text_atomic
+from results_io import run_metadata
 
 from metarl.backends import LocalCollector, RayCollector, RayConfig
 from metarl.runner import PolicyConfig
 from metarl.tasks import make_family
+from ssm.util import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 

@@ -30,12 +30,13 @@ import time
 from pathlib import Path
 
 import torch
-from results_io import run_metadata, write_json_atomic, write_text_atomic
+from results_io import run_metadata
 
 import ssm
 from metarl import make_family
 from metarl.meta import MAML, collect_tasks
 from metarl.meta.testing import higher_meta_gradient
+from ssm.util import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 

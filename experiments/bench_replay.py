@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_io import run_metadata, write_json_atomic, write_text_atomic
+from results_io import run_metadata
 
 from continual import ReplayBuffer, ReplayConfig
 from continual.replay import TRAJECTORY_FIELDS
+from ssm.util import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 STATE_SHAPES = [(128, 4), (128, 16), (128, 4), (128, 16)]  # Mamba d_model 64, 2 layers

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_io import run_metadata, write_json_atomic, write_text_atomic
+from results_io import run_metadata
 
 import ssm
 from metarl import Rollout, make_family
+from ssm.util import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 

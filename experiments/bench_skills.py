@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_io import run_metadata, write_json_atomic, write_text_atomic
+from results_io import run_metadata
 
 from skills import ArchSpec, SkillLibrary
 from skills.network import build_network
+from ssm.util import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 DIM = 64

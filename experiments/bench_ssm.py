@@ -41,7 +41,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -49,6 +48,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ssm.util import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -282,24 +283,6 @@ def wait_for_quiet(max_wait_s: float, window_s: float = 0.5) -> float:
         if not fl.noisy:
             break
     return time.perf_counter() - t0
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are meant to be read by others
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def error_record(e: BaseException) -> dict[str, str]:
@@ -1000,7 +983,7 @@ def main(argv: list[str] | None = None) -> int:
         res["targets"] = eval_targets(res)
         res["wall_s"] = time.perf_counter() - t_start
         res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-        atomic_write(out, json.dumps(res, indent=1, sort_keys=False) + "\n")
+        write_text_atomic(out, json.dumps(res, indent=1, sort_keys=False) + "\n")
 
     waited = [0.0]
     mem_cells = (
@@ -1213,7 +1196,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     save()
     md = to_markdown(res)
-    atomic_write(md_path, md)
+    write_text_atomic(md_path, md)
     print(md)
     log(f"wrote {out} and {md_path} in {res['wall_s']:.0f}s")
     return 2 if res["errors"] else 0

@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from results_io import run_metadata, write_json_atomic, write_text_atomic
+from results_io import run_metadata
 
 from continual.config import SequenceConfig
 from continual.sequence import run_sequence
 from metarl.config import config_to_dict, load_config
+from ssm.util import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "configs" / "sequence_quick.yaml"

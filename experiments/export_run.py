@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 import yaml
-from results_io import run_metadata, write_json_atomic
+from results_io import run_metadata
 
 from metarl.run_dir import RunDir
+from ssm.util import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 

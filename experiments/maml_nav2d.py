@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from results_io import run_metadata, write_json_atomic, write_text_atomic
+from results_io import run_metadata
 
 from metarl import runner
 from metarl.config import config_to_dict
@@ -49,6 +49,7 @@ from metarl.meta import MetaConfig
 from metarl.meta.adaptation import ci95
 from metarl.run_dir import RunDir
 from metarl.tracking import LoggingConfig
+from ssm.util import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 ITERATIONS = {"mamba": 40, "gru": 80}

@@ -49,7 +49,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from results_io import run_metadata, write_json_atomic, write_text_atomic
+from results_io import run_metadata
+
+from ssm.util import write_json_atomic, write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from results_io import run_metadata, write_json_atomic
+from results_io import run_metadata
 
 import ssm
 from metarl.ppo import PPOConfig, evaluate_returns, train_ppo
+from ssm.util import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 

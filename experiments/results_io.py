@@ -1,14 +1,13 @@
-"""What every experiment script writes beside its numbers: the command, commit and machine,
-and an atomic JSON write (temp file in the same folder, then ``os.replace``)."""
+"""What every experiment script writes beside its numbers: the command, commit and machine.
+
+Results files are written with :func:`ssm.util.write_json_atomic` / ``write_text_atomic``."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +43,3 @@ def run_metadata() -> dict[str, Any]:
             "threads": torch.get_num_threads(),
         },
     }
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=1))

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_io import run_metadata, write_json_atomic
+from results_io import run_metadata
 
 import ssm
 from metarl.ppo import PPOConfig
 from skills.envs import make_maze_vec_env, maze_coverage
 from skills.intrinsic import IntrinsicRewardVecEnv, RewardTerm, make_curiosity, train_ppo_intrinsic
+from ssm.util import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("none", "rnd", "icm")

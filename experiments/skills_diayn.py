@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_io import run_metadata, write_json_atomic
+from results_io import run_metadata
 
 from metarl.ppo import PPOConfig
 from skills import SkillLibrary
 from skills.diayn import DIAYNConfig, extract_diayn_skills, rollout_skills, train_diayn
 from skills.envs import make_point_vec_env
+from ssm.util import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 TARGET = 0.9

@@ -24,7 +24,6 @@ import dataclasses
 import difflib
 import inspect
 import os
-import tempfile
 import textwrap
 import types
 import typing
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
+
+from ssm.util import write_atomic  # re-exported: external code imports it from here
 
 T = TypeVar("T")
 
@@ -95,40 +96,6 @@ def field_docs(cls: type) -> dict[str, str]:
     docs: dict[str, str] = {}
     _collect_docs(cls, "", docs)
     return docs
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temp file next to ``path``, fsync it, then ``os.replace`` it into place.
-
-    A reader sees either the old file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (best effort: not every platform allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- reading and overriding -------------------------------------------------------------------

@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import dump_config, fsync_dir, load_config, write_atomic
+from ssm.util import fsync_dir, write_atomic
+
+from .config import dump_config, load_config
 
 __all__ = [
     "CheckpointError",

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from ssm.policy import SequencePolicy
+from ssm.util import write_atomic
 
 from .backends import make_collector, require_ray
-from .config import ConfigError, config_to_dict, load_config, write_atomic
+from .config import ConfigError, config_to_dict, load_config
 from .meta import MetaTrainer, adapt_eval, make_learner
 from .meta.adaptation import (
     curves_markdown,

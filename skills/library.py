@@ -10,7 +10,7 @@ Layout of a library directory::
 ``manifest.json``::
 
     {"format": "skill-library", "schema_version": 1, "generation": 7, "embedding_dim": 8,
-     "archs":  {"<spec id>": <ArchSpec JSON>},
+     "archs":  {"<spec id>": <PolicySpec JSON>},
      "bases":  {"<name>": {"id", "arch", "file", "sha256", "created"}},
      "skills": {"<name>": {"id", "arch", "base", "file", "sha256", "embedding", "metadata"}}}
 
@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ssm.util import write_atomic
+
 from .errors import SkillFileError, SkillLibraryError, SkillNotFoundError
 from .network import build_network, parameter_shapes
 from .skill import Skill, SkillInfo
@@ -56,7 +58,6 @@ from .storage import (
     load_tensor_file,
     read_json,
     sha256_hex,
-    write_bytes_atomic,
 )
 
 FORMAT = "skill-library"
@@ -231,7 +232,7 @@ class SkillLibrary:
                         f"{lib.path} is already a skill library", lib.manifest_path
                     )
             else:
-                write_bytes_atomic(lib.manifest_path, dump_json(_empty_manifest()))
+                write_atomic(lib.manifest_path, dump_json(_empty_manifest()))
         lib._sync(force=True)
         return lib
 
@@ -294,7 +295,7 @@ class SkillLibrary:
         for arch_id, spec in raw["archs"].items():
             try:
                 archs[arch_id] = ArchSpec.from_json(spec)
-            except SkillLibraryError as e:
+            except ValueError as e:  # PolicySpec validation: reported per entry that uses it
                 arch_errors[arch_id] = str(e)
         broken: dict[str, str] = {}
         bases: dict[str, dict[str, Any]] = {}
@@ -626,7 +627,7 @@ class SkillLibrary:
             for p in prepared:
                 if p["data"] is not None:
                     path = self.path / p["entry"]["file"]
-                    write_bytes_atomic(path, p["data"])
+                    write_atomic(path, p["data"])
                     written.append(path)
             with file_lock(self.lock_path):
                 raw = self._read_raw()
@@ -766,7 +767,7 @@ class SkillLibrary:
         used |= {e.get("arch") for e in raw["bases"].values() if isinstance(e, dict)}
         raw["archs"] = {k: v for k, v in raw["archs"].items() if k in used}
         raw["generation"] = int(raw.get("generation", 0)) + 1
-        write_bytes_atomic(self.manifest_path, dump_json(raw))
+        write_atomic(self.manifest_path, dump_json(raw))
         self._parse(raw)
         self._stat = self._stat_key()
 
@@ -783,7 +784,7 @@ class SkillLibrary:
         base_id = uuid.uuid4().hex
         data = encode_tensors(tensors, {"base": name, "format": FORMAT})
         path = self.path / "bases" / f"{base_id}.safetensors"
-        write_bytes_atomic(path, data)
+        write_atomic(path, data)
         try:
             with file_lock(self.lock_path):
                 raw = self._read_raw()

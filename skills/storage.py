@@ -1,4 +1,5 @@
-"""Files of a skill library: atomic writes, an inter-process lock, checksummed safetensors files.
+"""Files of a skill library: an inter-process lock and checksummed safetensors files (atomic writes
+are :func:`ssm.util.write_atomic`).
 
 Nothing here executes code from a file: tensors are read with ``safetensors`` (a JSON header and
 raw bytes) after their sha256 is checked, and the manifest is JSON.
@@ -11,7 +12,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,38 +26,6 @@ from .errors import SkillFileError, SkillLibraryError
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, ``os.replace`` it into place and
-    fsync the directory: a reader sees the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
 
 
 def read_bytes(path: Path, what: str) -> bytes:
