@@ -101,6 +101,8 @@ class SkillConfig:
 
     library: str | None = None
     """path of a skill library (skills.SkillLibrary)"""
+    source: str = "library"
+    """what opens skills.library: a provider of the metarl.skill_sources entry-point group"""
     names: list[str] = field(default_factory=list)
     """the skills offered as options, in order (default: every skill in the library)"""
     option_every: int = 5

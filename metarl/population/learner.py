@@ -37,13 +37,8 @@ from .config import PopulationConfig
 from .envs import MultiAgentEnv
 from .networks import AgentNet, CentralCritic, joint_observation
 from .selfplay import OpponentPool
-from .skill_bridge import (
-    SkillBank,
-    init_agent_from_skill,
-    load_skills,
-    open_library,
-    skill_arch,
-)
+from .skill_bridge import SkillBank, init_agent_from_skill, load_skills, skill_arch
+from .skill_source import open_skill_source
 
 __all__ = ["Carry", "MultiAgentLearner", "StepOutput"]
 
@@ -109,7 +104,7 @@ class MultiAgentLearner:
 
         library = None
         if any(s.options or s.init_skill for s in net_specs):
-            library = open_library(cfg.skills.library)
+            library = open_skill_source(cfg.skills.library, cfg.skills.source)
         self.skills: SkillBank | None = None
         if any(s.options for s in net_specs):
             self.skills = SkillBank(load_skills(library, cfg.skills.names), d, env.n_actions)

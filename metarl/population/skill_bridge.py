@@ -1,7 +1,8 @@
 """Library skills for the population: as initialisations and as options.
 
-``metarl`` sits below ``skills`` in the architecture, so this module imports :mod:`skills` only
-inside the functions that open a library; ``import metarl.population`` never pulls it in.
+``metarl`` sits below ``skills`` in the architecture, so this module never imports it: it works
+on any :class:`~metarl.population.skill_source.SkillSource` (:class:`skills.SkillLibrary` is one),
+opened with :func:`~metarl.population.skill_source.open_skill_source`.
 
 - :func:`init_agent_from_skill`: copy a skill's parameters into an :class:`AgentNet` body. A
   parameter of the same shape is copied; a first encoder layer that is wider only because the
@@ -21,25 +22,20 @@ import torch
 from torch import Tensor
 
 from .networks import AgentNet
+from .skill_source import SkillLike, SkillSource
 
-__all__ = ["SkillBank", "init_agent_from_skill", "load_skills", "open_library", "skill_arch"]
-
-
-def open_library(path: str) -> Any:
-    from skills import SkillLibrary  # lazily: skills sits above metarl
-
-    return SkillLibrary.open(path)
+__all__ = ["SkillBank", "init_agent_from_skill", "load_skills", "skill_arch"]
 
 
-def load_skills(library: Any, names: list[str]) -> list[Any]:
+def load_skills(library: SkillSource, names: list[str]) -> list[SkillLike]:
     """The named skills (all of the library's, in name order, when ``names`` is empty)."""
     names = list(names) or sorted(library.list())
     if not names:
-        raise ValueError(f"the skill library {library.path} holds no skills")
+        raise ValueError(f"the skill source {library!r} holds no skills")
     return [library.get(n) for n in names]
 
 
-def skill_arch(skill: Any) -> dict[str, Any]:
+def skill_arch(skill: SkillLike) -> dict[str, Any]:
     """The :class:`AgentNet` body arguments of a skill's architecture."""
     spec = skill.spec
     return {
@@ -51,7 +47,7 @@ def skill_arch(skill: Any) -> dict[str, Any]:
     }
 
 
-def _check_compatible(skill: Any, obs_dim: int, n_actions: int) -> None:
+def _check_compatible(skill: SkillLike, obs_dim: int, n_actions: int) -> None:
     spec = skill.spec
     if spec.in_context:
         raise ValueError(f"skill {skill.name!r} is in-context (RL²); the population cannot feed it")
@@ -66,7 +62,7 @@ def _check_compatible(skill: Any, obs_dim: int, n_actions: int) -> None:
 
 
 @torch.no_grad()
-def init_agent_from_skill(net: AgentNet, skill: Any) -> dict[str, int]:
+def init_agent_from_skill(net: AgentNet, skill: SkillLike) -> dict[str, int]:
     """Load ``skill``'s parameters into ``net.body``; returns ``{"copied", "widened", "kept"}``
     parameter counts. The action head is copied only when its size matches (an option agent's
     head chooses among skills, so it keeps its own)."""
@@ -99,7 +95,7 @@ class SkillBank:
     chosen skill always starts fresh and sees the observations since its choice.
     """
 
-    def __init__(self, skills: list[Any], obs_dim: int, n_actions: int):
+    def __init__(self, skills: list[SkillLike], obs_dim: int, n_actions: int):
         for s in skills:
             _check_compatible(s, obs_dim, n_actions)
         self.skills = list(skills)

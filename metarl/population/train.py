@@ -47,6 +47,7 @@ from .config import EnvConfig, PopulationConfig
 from .envs import MultiAgentEnv, RoleGathering
 from .learner import MultiAgentLearner, seeds_for
 from .pbt import PBT
+from .skill_source import skill_source_opener
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,8 @@ def train_population(
             require_ray()  # before anything is written
         except ImportError as e:
             raise ConfigError(str(e)) from e
+    if any(a.options or a.init_skill for a in cfg.agents):
+        skill_source_opener(cfg.skills.source)  # no provider: fail before anything is written
     if run is None:
         if resume:
             raise ValueError("resume=True needs the run directory to continue")
