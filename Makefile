@@ -27,3 +27,4 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(PY) .ci/import_contracts.py
