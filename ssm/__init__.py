@@ -1,5 +1,7 @@
-"""Sequence models for policies: S4D, S5 and Mamba layers, GRU/LSTM baselines, the selective scan
-and :class:`SequencePolicy`.
+"""Sequence models for policies: S4D, S5 and Mamba layers, GRU/LSTM baselines, the selective scan,
+the residual stack, and :class:`SequencePolicy`, built from a JSON :class:`PolicySpec`.
+
+Importing ``ssm`` needs only torch and numpy (gymnasium only for the spaces adapters).
 
 Every layer offers ``initial_state(batch)``, ``forward(x, state=None, resets=None)`` and
 ``step(x, state, reset=None)``; step and sequence mode agree to float precision.
@@ -10,21 +12,14 @@ from .base import SequenceLayer, State
 from .heads import ActionHead, CategoricalHead, GaussianHead, MultiDiscreteHead
 from .lti import S4D, S5
 from .mamba import Mamba
+from .norm import LayerNorm
+from .policy import PolicyOutput, SequencePolicy
 from .registry import KINDS, make_layer
 from .rnn import GRU, LSTM
 from .scan import diagonal_linear_scan
 from .selective_scan import selective_scan, selective_scan_ref
-
-
-def __getattr__(name: str):
-    # PEP 562: SequencePolicy pulls in gymnasium (for spaces); the layers do not, so importing the
-    # layers (as the skill library's import API does) must not import gymnasium.
-    if name in ("PolicyOutput", "SequencePolicy"):
-        from . import policy
-
-        return getattr(policy, name)
-    raise AttributeError(f"module 'ssm' has no attribute {name!r}")
-
+from .spec import PolicySpec
+from .stack import make_stack, residual_forward, residual_step
 
 __all__ = [
     "ActionHead",
@@ -33,9 +28,11 @@ __all__ = [
     "GaussianHead",
     "MultiDiscreteHead",
     "PolicyOutput",
+    "PolicySpec",
     "SequencePolicy",
     "GRU",
     "KINDS",
+    "LayerNorm",
     "LSTM",
     "S4D",
     "S5",
@@ -44,6 +41,9 @@ __all__ = [
     "State",
     "diagonal_linear_scan",
     "make_layer",
+    "make_stack",
+    "residual_forward",
+    "residual_step",
     "selective_scan",
     "selective_scan_ref",
 ]

@@ -9,6 +9,8 @@ the parameters can travel inside trajectories.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,3 +168,18 @@ class GaussianHead(ActionHead):
     def mode(self, params: Tensor) -> Tensor:
         mean, _ = self._split(params)
         return self._unflat(self._squash(mean) if self.squash else mean)
+
+
+def make_head(action: Mapping[str, Any], d_in: int, box_head: str = "gaussian") -> ActionHead:
+    """The head for a JSON action space (:mod:`ssm.spec`): categorical for ``discrete``, one
+    categorical per component for ``multidiscrete``, a (tanh-)Gaussian for ``box``."""
+    if action["type"] == "discrete":
+        return CategoricalHead(d_in, int(action["n"]))
+    if action["type"] == "multidiscrete":
+        return MultiDiscreteHead(d_in, [int(n) for n in action["nvec"]])
+    if box_head not in ("gaussian", "tanh"):
+        raise ValueError(f"box_head must be 'gaussian' or 'tanh', got {box_head!r}")
+    shape = tuple(action["shape"])
+    low = np.array([float(v) for v in action["low"]]).reshape(shape)
+    high = np.array([float(v) for v in action["high"]]).reshape(shape)
+    return GaussianHead(d_in, low, high, squash=box_head == "tanh")
