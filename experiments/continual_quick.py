@@ -25,13 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from results_io import run_metadata
 
 from continual.config import SequenceConfig
 from continual.sequence import run_sequence
 from metarl.config import config_to_dict, load_config
-from ssm.util import write_json_atomic, write_text_atomic
+from ssm.util import mean_ci, write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "configs" / "sequence_quick.yaml"
@@ -63,19 +62,6 @@ LABELS = {
 QUICK = ["stage_steps=1280", "eval.every_iterations=1"]
 
 
-def ci95(values: list[float]) -> dict[str, float]:
-    """Mean and the half-width of a Student-t 95% interval over seeds (NaN for one seed)."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if x.size == 0:
-        return {"mean": math.nan, "ci95": math.nan, "n": 0}
-    half = math.nan
-    if x.size > 1:
-        from scipy.stats import t
-
-        half = float(t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return {"mean": float(x.mean()), "ci95": half, "n": int(x.size)}
-
-
 def fmt(d: dict[str, float]) -> str:
     if d["n"] == 0:
         return "n/a"
@@ -86,16 +72,16 @@ def fmt(d: dict[str, float]) -> str:
 def aggregate(runs: list[dict]) -> dict[str, dict]:
     s = [r["summary"] for r in runs]
     out = {
-        "average_performance": ci95([x["average_performance"] for x in s]),
-        "forgetting": ci95([x["forgetting"] for x in s]),
-        "forward_transfer": ci95([x.get("forward_transfer", math.nan) for x in s]),
-        "wall_time_s": ci95([r["wall_time_s"] for r in runs]),
+        "average_performance": mean_ci([x["average_performance"] for x in s]),
+        "forgetting": mean_ci([x["forgetting"] for x in s]),
+        "forward_transfer": mean_ci([x.get("forward_transfer", math.nan) for x in s]),
+        "wall_time_s": mean_ci([r["wall_time_s"] for r in runs]),
     }
     det = [x["detection"] for x in s if "detection" in x]
     if det:
-        out["detection_rate"] = ci95([d["detection_rate"] for d in det])
-        out["mean_delay_iterations"] = ci95([d["mean_delay_iterations"] for d in det])
-        out["false_alarms"] = ci95([float(d["false_alarms"]) for d in det])
+        out["detection_rate"] = mean_ci([d["detection_rate"] for d in det])
+        out["mean_delay_iterations"] = mean_ci([d["mean_delay_iterations"] for d in det])
+        out["false_alarms"] = mean_ci([float(d["false_alarms"]) for d in det])
         out["switches_detected"] = f"{sum(d['detected'] for d in det)}/" + str(
             sum(d["switches"] for d in det)
         )

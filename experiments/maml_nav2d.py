@@ -46,10 +46,9 @@ from results_io import run_metadata
 from metarl import runner
 from metarl.config import config_to_dict
 from metarl.meta import MetaConfig
-from metarl.meta.adaptation import ci95
 from metarl.run_dir import RunDir
 from metarl.tracking import LoggingConfig
-from ssm.util import write_json_atomic, write_text_atomic
+from ssm.util import mean_ci, write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 ITERATIONS = {"mamba": 40, "gru": 80}
@@ -140,10 +139,10 @@ def run_experiment(
         for name in results["methods"]
     }
     # paired by (seed, goal): the same goal, env seeds and support budget for both methods
-    summary[f"{meta}_minus_multitask_after_{steps[last]}"] = ci95(
+    summary[f"{meta}_minus_multitask_after_{steps[last]}"] = mean_ci(
         curves[meta][:, :, last] - curves["multitask_finetune"][:, :, last]
     )
-    summary[f"{meta}_gain_minus_multitask_gain"] = ci95(
+    summary[f"{meta}_gain_minus_multitask_gain"] = mean_ci(
         (curves[meta][:, :, last] - curves[meta][:, :, 0])
         - (curves["multitask_finetune"][:, :, last] - curves["multitask_finetune"][:, :, 0])
     )
@@ -173,7 +172,7 @@ def run_experiment(
         f"{timing['seconds_per_iteration']:.2f} s/iteration, {timing['meta_train_s']:.0f} s in "
         f"this process); multi-task PPO: {results['env_steps'].get('multitask')} env steps.",
         "",
-        "| comparison | mean ± 95% CI |",
+        "| comparison | mean ± 95% CI (Student-t) |",
         "|---|---|",
     ]
     for key in (f"{meta}_minus_multitask_after_{steps[last]}", f"{meta}_gain_minus_multitask_gain"):
@@ -182,7 +181,7 @@ def run_experiment(
     md += ["", runner.adapt_eval_markdown(results)]
     write_text_atomic(out / f"{stem}.md", "\n".join(md))
     print(runner.adapt_eval_markdown(results))
-    print("\n".join(["| comparison | mean ± 95% CI |", "|---|---|", *comparisons]))
+    print("\n".join(["| comparison | mean ± 95% CI (Student-t) |", "|---|---|", *comparisons]))
     print(f"wrote {out / stem}.json and .md", flush=True)
     return payload
 

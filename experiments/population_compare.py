@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from results_io import run_metadata
 
-from ssm.util import write_json_atomic, write_text_atomic
+from ssm.util import mean_ci, student_t_quantile, write_json_atomic, write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -169,24 +169,6 @@ def run_arm(job: tuple[str, int, list[str], dict]) -> dict:
 # -- statistics -------------------------------------------------------------------------------
 
 
-def t_critical(df: int) -> float:
-    try:
-        from scipy.stats import t
-
-        return float(t.ppf(0.975, df))
-    except ImportError:  # Student t 97.5% quantiles; the normal value beyond the table
-        table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 8: 2.306, 10: 2.228}
-        return table.get(df, 1.96)
-
-
-def mean_ci(values: list[float]) -> dict:
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
-    if len(x) == 0:
-        return {"mean": math.nan, "ci95": math.nan, "n": 0}
-    half = t_critical(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else math.nan
-    return {"mean": float(x.mean()), "ci95": float(half), "n": int(len(x))}
-
-
 def difference_ci(a: list[float], b: list[float]) -> dict:
     """Mean(a) - mean(b) with a Welch 95% CI."""
     a = np.asarray([v for v in a if math.isfinite(v)], np.float64)
@@ -196,7 +178,8 @@ def difference_ci(a: list[float], b: list[float]) -> dict:
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else 1
-    return {"diff": float(a.mean() - b.mean()), "ci95": t_critical(max(1, int(df))) * se}
+    half = student_t_quantile(0.975, max(1, int(df))) * se  # df floored, as before
+    return {"diff": float(a.mean() - b.mean()), "ci95": half, "statistic": "welch-t"}
 
 
 METRICS = [

@@ -132,6 +132,8 @@ def test_mean_ci_drops_missing_values_and_names_the_level():
     d = mean_ci([1.0, None, float("nan"), 3.0, float("inf")], level=0.9)
     assert d["n"] == 2 and d["mean"] == 2.0 and "ci95" not in d
     assert d["ci90"] == pytest.approx(stats.t.ppf(0.95, 1) * math.sqrt(2) / math.sqrt(2))
+    grid = np.arange(6.0).reshape(2, 3)  # (seeds, tasks): every pair counts
+    assert mean_ci(grid) == mean_ci(grid.ravel().tolist()) and mean_ci(grid)["n"] == 6
     one, none = mean_ci([5.0]), mean_ci([])
     assert one["mean"] == 5.0 and math.isnan(one["ci95"]) and one["n"] == 1
     assert math.isnan(none["mean"]) and none["n"] == 0

@@ -1,6 +1,6 @@
 """Few-shot adaptation curves: return and success before adaptation and after each adaptation
-step, for gradient meta-learners, in-context (RL²) policies and fine-tuning baselines, with 95%
-confidence intervals over tasks and seeds.
+step, for gradient meta-learners, in-context (RL²) policies and fine-tuning baselines, with
+Student-t 95% confidence intervals over tasks and seeds (:func:`ssm.util.mean_ci`).
 
 * :func:`adapt_eval`: a gradient learner, Finn et al.'s protocol: sample ``episodes`` episodes
   per task with ``φ_s``, record them, take one inner step on exactly those episodes, repeat.
@@ -33,6 +33,7 @@ import torch
 from metarl.task_rollout import collect_tasks, episode_success_any
 from metarl.tasks import Task, TaskFamily
 from ssm.policy import SequencePolicy
+from ssm.util import mean_ci
 
 from . import functional as F
 from .config import MetaConfig
@@ -40,7 +41,6 @@ from .learners import IMAML, MAML, MetaLearner
 
 __all__ = [
     "adapt_eval",
-    "ci95",
     "curves_markdown",
     "finetune_learner",
     "in_context_eval",
@@ -189,13 +189,6 @@ def per_task_episode_stats(traj, n_tasks: int) -> tuple[np.ndarray, np.ndarray]:
 # -- summaries ------------------------------------------------------------------------------------
 
 
-def ci95(x: np.ndarray | Sequence[float]) -> dict[str, float]:
-    """Mean and the half-width of its normal-approximation 95% CI (``1.96 · sd / √n``)."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    half = 1.96 * np.std(x, ddof=1) / np.sqrt(len(x)) if len(x) > 1 else math.nan
-    return {"mean": float(np.mean(x)), "ci95": float(half), "n": len(x)}
-
-
 def parse_steps(text: str | int) -> list[int]:
     """``"S"`` -> ``[0, ..., S]``; ``"A..B"`` -> ``[A, ..., B]`` (both >= 0, ``A <= B``)."""
     text = str(text).strip()
@@ -211,21 +204,22 @@ def parse_steps(text: str | int) -> list[int]:
 
 
 def summarize_curves(curves: Mapping[str, np.ndarray], steps: Sequence[int]) -> dict:
-    """Per reported step: return and success as mean ± 95% CI over all (seed, task) pairs, and
-    the paired improvement ``step s - step 0`` of each pair."""
+    """Per reported step: return and success as mean ± Student-t 95% CI over all (seed, task)
+    pairs, and the paired improvement ``step s - step 0`` of each pair."""
     r, s = np.asarray(curves["returns"]), np.asarray(curves["success"])
     return {
         "steps": list(steps),
-        "return": [ci95(r[:, :, k]) for k in steps],
-        "success": [ci95(s[:, :, k]) for k in steps],
-        "improvement": [ci95(r[:, :, k] - r[:, :, 0]) for k in steps],
+        "return": [mean_ci(r[:, :, k]) for k in steps],
+        "success": [mean_ci(s[:, :, k]) for k in steps],
+        "improvement": [mean_ci(r[:, :, k] - r[:, :, 0]) for k in steps],
     }
 
 
 def curves_markdown(
     methods: Mapping[str, Mapping], steps: Sequence[int], x_label: str, with_success: bool = True
 ) -> str:
-    """A markdown table: one row per method, one column per reported step (mean ± 95% CI)."""
+    """A markdown table: one row per method, one column per reported step (mean ± Student-t 95%
+    CI, stated beside each table's title)."""
 
     def cell(d: Mapping) -> str:
         return f"{d['mean']:.3f} ± {d['ci95']:.3f}"
@@ -235,7 +229,11 @@ def curves_markdown(
     parts.append(("improvement", "return gain over step 0 (paired)"))
     for key, title in parts:
         cols = [f"{x_label} {k}" for k in steps]
-        lines += [f"**{title}**", "", "| method | " + " | ".join(cols) + " |"]
+        lines += [
+            f"**{title}** (mean ± 95% CI, Student-t)",
+            "",
+            "| method | " + " | ".join(cols) + " |",
+        ]
         lines.append("|---|" + "---|" * len(cols))
         for name, summary in methods.items():
             lines.append(f"| {name} | " + " | ".join(cell(d) for d in summary[key]) + " |")

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import write_atomic
+from ssm.util import mean_ci, write_atomic
+
 from ..run_dir import RunDir, capture_rng_state, restore_rng_state
 from ..tracking import Tracker
 from .analysis import (
@@ -138,17 +139,9 @@ def _scalars(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if isinstance(v, int | float | bool | str) or v is None}
 
 
-def _ci95(x: list[float]) -> dict[str, float]:
-    a = np.asarray([v for v in x if math.isfinite(v)], np.float64)
-    if len(a) == 0:
-        return {"mean": math.nan, "ci95": math.nan, "n": 0}
-    half = 1.96 * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else math.nan
-    return {"mean": float(a.mean()), "ci95": float(half), "n": int(len(a))}
-
-
 def evaluate_learner(learner: MultiAgentLearner, episodes: int, seed: int) -> dict[str, Any]:
     """Play ``episodes`` episodes with the current parameters on every side (sampled actions) and
-    report returns (mean ± 95% CI over episodes) and the emergence statistics."""
+    report returns (mean ± Student-t 95% CI over episodes) and the emergence statistics."""
     emergence = Emergence(learner, window=10**6)
     returns: dict[str, list[float]] = {}
     last = None
@@ -167,8 +160,8 @@ def evaluate_learner(learner: MultiAgentLearner, episodes: int, seed: int) -> di
         last = batch
     out: dict[str, Any] = {
         "episodes": played,
-        "episodic_return": _ci95(returns["team0"]),
-        "team_returns": {k: _ci95(v) for k, v in returns.items()},
+        "episodic_return": mean_ci(returns["team0"]),
+        "team_returns": {k: mean_ci(v) for k, v in returns.items()},
     }
     out.update(emergence.metrics(last))
     if learner.skills is not None:

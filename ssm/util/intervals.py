@@ -117,7 +117,8 @@ def student_t_quantile(p: float, df: float) -> float:
 def mean_ci(values: Iterable[float | None], level: float = 0.95) -> dict[str, Any]:
     """The mean of ``values`` and the half-width of its Student-t ``level`` confidence interval.
 
-    ``None`` and non-finite values are dropped; ``n`` counts the values used. Returns
+    ``values`` is a flat iterable or an array of any shape (flattened). ``None`` and non-finite
+    values are dropped; ``n`` counts the values used. Returns
     ``{"mean", "ci95", "n", "statistic"}``, the half-width under a key named for the level
     (``ci95`` at 0.95, ``ci90`` at 0.9, ``ci99.9`` at 0.999). The half-width is NaN for fewer
     than two values, and the mean NaN for none.
@@ -125,6 +126,8 @@ def mean_ci(values: Iterable[float | None], level: float = 0.95) -> dict[str, An
     if not 0.0 < level < 1.0:
         raise ValueError(f"confidence level must be in (0, 1), got {level!r}")
     key = f"ci{100 * level:.10g}"
+    if isinstance(values, np.ndarray):
+        values = values.ravel().tolist()
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     x = np.asarray(finite, dtype=np.float64)
     mean = float(x.mean()) if x.size else math.nan
