@@ -1,7 +1,7 @@
 """Turning trained policies into library skills (training side).
 
-- :func:`skill_from_policy`: one ``ssm.SequencePolicy`` (or a parameter dict for it) -> one entry,
-  its spec read off the policy and checked by rebuilding the network and comparing outputs.
+- :func:`skill_from_policy`: one ``ssm.SequencePolicy`` (or a parameter dict for it) -> one entry
+  with the policy's own spec.
 - :func:`extract_task_skills`: the per-task parameters of a meta-learning or continual run (policy
   params + task spec) -> one entry per task, stored as deltas on the shared initialisation.
 """
@@ -12,14 +12,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
+
+from ssm.spec import PolicySpec
 
 from .errors import SkillLibraryError
 from .library import SkillLibrary
 from .network import build_network
 from .skill import SkillInfo
-from .spec import ArchSpec
 
 
 def _merged(policy: nn.Module, params: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -32,34 +32,19 @@ def _merged(policy: nn.Module, params: Mapping[str, Tensor] | None) -> dict[str,
     return sd
 
 
-def spec_for(
-    policy: nn.Module,
-    params: Mapping[str, Tensor] | None = None,
-    layer_kwargs: dict[str, Any] | None = None,
-    atol: float = 1e-5,
-) -> ArchSpec:
-    """The :class:`ArchSpec` of ``policy``, verified: the rebuilt network must load the
-    parameters strictly and reproduce the policy's step outputs on a random probe batch."""
-    spec = ArchSpec.from_policy(policy, layer_kwargs)
-    sd = _merged(policy, params)
-    net = build_network(spec)
-    try:
-        net.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise SkillLibraryError(f"the spec read off the policy does not fit it: {e}") from None
-    if spec.in_context or net.image or net.discrete_obs:
-        return spec  # the strict load is the check; a probe needs the extra inputs
-    gen = torch.Generator().manual_seed(0)
-    dtype = next(net.parameters()).dtype
-    probe = torch.randn((3, 1, *spec.obs_shape), generator=gen, dtype=dtype)  # (B, L=1, ...)
-    with torch.no_grad():
-        want, _ = torch.func.functional_call(policy, dict(sd), (probe,))
-        got, _ = net(probe)
-    if not torch.allclose(want.dist_params, got.dist_params, atol=atol, rtol=0):
+def spec_for(policy: nn.Module, params: Mapping[str, Tensor] | None = None) -> PolicySpec:
+    """``policy.spec``, checked: the network built from it must load the policy's parameters
+    (with ``params`` overriding them) strictly."""
+    spec = getattr(policy, "spec", None)
+    if not isinstance(spec, PolicySpec):
         raise SkillLibraryError(
-            "the network rebuilt from the spec does not reproduce the policy (pass the "
-            "layer_kwargs the policy was built with)"
+            f"a skill needs an ssm.SequencePolicy (which carries a PolicySpec), got "
+            f"{type(policy).__name__}"
         )
+    try:
+        build_network(spec).load_state_dict(_merged(policy, params), strict=True)
+    except RuntimeError as e:
+        raise SkillLibraryError(f"the policy's parameters do not fit its spec: {e}") from None
     return spec
 
 
@@ -96,7 +81,6 @@ def skill_from_policy(
     embedding: Any,
     *,
     params: Mapping[str, Tensor] | None = None,
-    layer_kwargs: dict[str, Any] | None = None,
     base: str | None = None,
     task: Any = None,
     source: str = "policy",
@@ -109,7 +93,7 @@ def skill_from_policy(
 ) -> SkillInfo:
     """Add ``policy`` (with ``params`` overriding its own, e.g. task-adapted ones) as skill
     ``name``. ``task`` (a task spec) is recorded in the provenance."""
-    spec = spec_for(policy, params, layer_kwargs)
+    spec = spec_for(policy, params)
     prov = dict(provenance or {})
     if task is not None:
         prov["task"] = _task_dict(task)

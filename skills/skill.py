@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .network import LayerStates, SkillNetwork
-from .spec import ArchSpec
+from ssm.policy import PolicyState, SequencePolicy
+from ssm.spec import PolicySpec, is_image
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class SkillInfo:
 
     name: str
     id: str
-    arch: ArchSpec
+    arch: PolicySpec
     embedding: np.ndarray
     """(d,) float32, read-only"""
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -44,7 +44,7 @@ class SkillInfo:
 class SkillState(NamedTuple):
     """The recurrent state ``Skill.act`` carries between calls (opaque to the caller)."""
 
-    layers: LayerStates
+    layers: PolicyState
     prev_action: Tensor | None
     """the last action, for in-context (RL²) skills"""
 
@@ -60,14 +60,16 @@ class Skill:
             action, state = skill.act(obs, state)
             obs, reward, terminated, truncated, _ = env.step(action)
 
-    ``network`` is the :class:`~skills.network.SkillNetwork` (an ``nn.Module`` with the
-    ``SequencePolicy`` API), in eval mode with gradients off.
+    ``network`` is the :class:`ssm.SequencePolicy` built from the skill's spec, in eval mode
+    with gradients off.
     """
 
-    def __init__(self, info: SkillInfo, network: SkillNetwork):
+    def __init__(self, info: SkillInfo, network: SequencePolicy):
         self.info, self.network = info, network
         self.name, self.spec = info.name, info.arch
         action = info.arch.action
+        self._discrete_obs = info.arch.observation["type"] == "discrete"
+        self._image_obs = is_image(info.arch.observation)
         self._discrete_action = action["type"] != "box"
         if not self._discrete_action:
             shape = tuple(action["shape"])
@@ -114,11 +116,11 @@ class Skill:
                 f"(B, {', '.join(map(str, want))})), got {arr.shape}"
             )
         p = next(self.network.parameters())
-        if self.network.discrete_obs:
+        if self._discrete_obs:
             if not np.issubdtype(arr.dtype, np.integer):
                 raise ValueError(f"skill {self.name!r} expects integer observations")
             return torch.as_tensor(arr, dtype=torch.int64, device=p.device), batched
-        if self.network.image:
+        if self._image_obs:
             return torch.as_tensor(arr, device=p.device), batched
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise ValueError(f"skill {self.name!r} expects numeric observations, got {arr.dtype}")
