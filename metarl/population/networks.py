@@ -1,8 +1,9 @@
 """The population's networks: actors with an optional message channel, and the central critic.
 
-An :class:`AgentNet` is an :class:`ssm.SequencePolicy` body (encoder, residual stack of sequence
-layers, categorical head, value head) opened up so that a communication context can enter the
-residual stream (a DIAL/CommNet-style differentiable channel, with attention as in TarMAC)::
+An :class:`AgentNet` is an :class:`ssm.SequencePolicy` body, built from its spec and used through
+its public pieces (``embed``, ``core``/``core_step``, ``heads``), so that a communication context
+can enter the residual stream (a DIAL/CommNet-style differentiable channel, with attention as in
+TarMAC)::
 
     e_t^j = W_in enc(o_t^j)                                  (o: own observation [⊕ one-hot id])
     m_t^i = W_msg f_t^i   (mode "prev": recurrent features)  or  W_msg e_t^i   (mode "same")
@@ -21,13 +22,13 @@ from __future__ import annotations
 
 import math
 
-import gymnasium as gym
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ssm.norm import LayerNorm
 from ssm.policy import PolicyOutput, SequencePolicy, VectorEncoder
-from ssm.registry import make_layer
+from ssm.spec import PolicySpec
+from ssm.stack import make_stack, residual_forward, residual_step, stack_initial_state
 
 __all__ = ["AgentNet", "CentralCritic", "attend_messages"]
 
@@ -70,16 +71,17 @@ class AgentNet(nn.Module):
         d_key: int = 16,
     ):
         super().__init__()
-        space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-        self.body = SequencePolicy(
-            space,
-            gym.spaces.Discrete(n_actions),
+        spec = PolicySpec(
+            {"type": "box", "shape": [obs_dim]},
+            {"type": "discrete", "n": n_actions},
             kind=kind,
             d_model=d_model,
             n_layers=n_layers,
             encoder_hidden=encoder_hidden,
-            layer_kwargs=layer_kwargs,
+            layer_kwargs=dict(layer_kwargs or {}),
+            dtype=str(torch.get_default_dtype()).removeprefix("torch."),
         )
+        self.body = SequencePolicy.from_spec(spec)
         self.obs_dim, self.n_actions, self.d_model, self.d_msg = obs_dim, n_actions, d_model, d_msg
         if d_msg > 0:
             self.msg = nn.Linear(d_model, d_msg)
@@ -97,7 +99,7 @@ class AgentNet(nn.Module):
 
     def embed(self, obs: Tensor) -> Tensor:
         """``e = W_in enc(o)`` for any leading axes: ``(..., obs_dim) -> (..., d_model)``."""
-        return self.body.in_proj(self.body.encoder(obs))
+        return self.body.embed(obs)
 
     def message(self, h: Tensor) -> Tensor:
         """``m = W_msg h``: ``(..., d_model) -> (..., d_msg)``."""
@@ -111,22 +113,14 @@ class AgentNet(nn.Module):
 
     def core_step(self, x: Tensor, state) -> tuple[Tensor, tuple]:
         """The residual stack in step mode: ``x (R, d_model)`` -> features ``(R, d_model)``."""
-        new_state = []
-        for i, (layer, norm) in enumerate(zip(self.body.layers, self.body.norms)):
-            y, s = layer.step(norm(x), state[i])
-            x = x + y
-            new_state.append(s)
-        return self.body.final_norm(x), tuple(new_state)
+        return self.body.core_step(x, state)
 
     def core_seq(self, x: Tensor) -> Tensor:
         """The residual stack in sequence mode from a zero state: ``(R, T, d) -> (R, T, d)``."""
-        for layer, norm in zip(self.body.layers, self.body.norms):
-            y, _ = layer(norm(x), None)
-            x = x + y
-        return self.body.final_norm(x)
+        return self.body.core(x)[0]
 
     def heads(self, f: Tensor) -> PolicyOutput:
-        return PolicyOutput(self.body.head(f), self.body.value(f).squeeze(-1))
+        return self.body.heads(f)
 
     def log_prob(self, dist_params: Tensor, action: Tensor) -> Tensor:
         return self.body.head.log_prob(dist_params, action)
@@ -152,36 +146,27 @@ class CentralCritic(nn.Module):
         self.joint_dim, self.n_agents = joint_dim, n_agents
         self.encoder = VectorEncoder(joint_dim, d_model, encoder_hidden)
         self.in_proj = nn.Linear(d_model, d_model)
-        self.layers = nn.ModuleList(
-            make_layer(kind, d_model, **(layer_kwargs or {})) for _ in range(n_layers)
-        )
-        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
-        self.final_norm = nn.LayerNorm(d_model)
+        self.layers, self.norms = make_stack(kind, d_model, n_layers, layer_kwargs)
+        self.final_norm = LayerNorm(d_model)
         self.value = nn.Linear(d_model, n_agents)
         nn.init.orthogonal_(self.value.weight, 1.0)
         nn.init.zeros_(self.value.bias)
 
     def initial_state(self, batch_size: int):
         p = self.in_proj.weight
-        return tuple(layer.initial_state(batch_size, p.device, p.dtype) for layer in self.layers)
+        return stack_initial_state(self.layers, batch_size, p.device, p.dtype)
 
     def forward(self, joint: Tensor) -> Tensor:
         """Sequence mode from a zero state: ``joint (B, T, J) -> values (B, T, N)``."""
-        x = self.in_proj(self.encoder(joint))
-        for layer, norm in zip(self.layers, self.norms):
-            y, _ = layer(norm(x), None)
-            x = x + y
+        x, _ = residual_forward(self.layers, self.norms, self.in_proj(self.encoder(joint)))
         return self.value(self.final_norm(x))
 
     def step(self, joint: Tensor, state) -> tuple[Tensor, tuple]:
         """Step mode: ``joint (B, J) -> values (B, N)``."""
-        x = self.in_proj(self.encoder(joint))
-        new_state = []
-        for i, (layer, norm) in enumerate(zip(self.layers, self.norms)):
-            y, s = layer.step(norm(x), state[i])
-            x = x + y
-            new_state.append(s)
-        return self.value(self.final_norm(x)), tuple(new_state)
+        x, new_state = residual_step(
+            self.layers, self.norms, self.in_proj(self.encoder(joint)), state
+        )
+        return self.value(self.final_norm(x)), new_state
 
 
 def joint_observation(obs: Tensor, alive: Tensor) -> Tensor:
