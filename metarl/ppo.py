@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import Tensor
 
 from ssm.policy import SequencePolicy
 
 from .objectives import explained_variance, gae, normalize_advantages, policy_evaluate, ppo_loss
+from .plugins import Plugin, PluginList
 from .rollout import Rollout
+from .trajectory import Trajectory
 
 
 @dataclass
@@ -69,6 +73,8 @@ class PPOConfig:
 
 @dataclass
 class IterationStats:
+    """One PPO (or RL²) iteration's log row."""
+
     iteration: int
     global_step: int
     episodic_return: float
@@ -81,37 +87,14 @@ class IterationStats:
     explained_variance: float
     learning_rate: float
     steps_per_second: float
+    extras: dict[str, Any] = field(default_factory=dict)
+    """everything else: grad_norm, value_error (the critic's error on the fresh batch before the
+    update), and what plugins record (penalty, replay losses, intrinsic rewards, ...)"""
 
     def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def iteration_stats(
-    iteration: int,
-    global_step: int,
-    episodic_return: float,
-    episodes: int,
-    stats: dict[str, float],
-    values: torch.Tensor,
-    returns: torch.Tensor,
-    learning_rate: float,
-    start_time: float,
-) -> IterationStats:
-    """One iteration's log row from the last update's loss statistics."""
-    return IterationStats(
-        iteration=iteration,
-        global_step=global_step,
-        episodic_return=episodic_return,
-        episodes=episodes,
-        policy_loss=stats["policy_loss"],
-        value_loss=stats["value_loss"],
-        entropy=stats["entropy"],
-        approx_kl=stats["approx_kl"],
-        clip_fraction=stats["clip_fraction"],
-        explained_variance=float(explained_variance(values, returns)),
-        learning_rate=learning_rate,
-        steps_per_second=global_step / (time.perf_counter() - start_time),
-    )
+        row = asdict(self)
+        extras = row.pop("extras")
+        return {**row, **extras}
 
 
 def _finite(name: str, value: torch.Tensor) -> None:
@@ -119,76 +102,228 @@ def _finite(name: str, value: torch.Tensor) -> None:
         raise FloatingPointError(f"PPO: {name} is not finite ({value.item()}); stopping")
 
 
+# --- where a batch comes from -----------------------------------------------------------------
+
+
+class BatchSource(Protocol):
+    """Where a PPO iteration's data comes from, and how its advantages are computed.
+
+    :class:`EpisodeSource`: episodes run on across iterations (plain PPO); :class:`metarl.rl2.
+    TrialSource`: fresh trials of freshly sampled tasks every iteration (RL²). The continual layer
+    adds its own over a curriculum stage's envs."""
+
+    steps_per_iteration: int
+    """environment steps one :meth:`collect` takes (over all envs)"""
+
+    def bind(self, policy: SequencePolicy, generator: torch.Generator) -> None:
+        """Act with ``policy``, sampling actions from ``generator`` (the trainer's)."""
+
+    def collect(self, iteration: int) -> Trajectory:
+        """The ``(T, B)`` batch of iteration ``iteration`` (from 1)."""
+
+    def targets(self, traj: Trajectory, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+        """Advantages and returns of ``traj``."""
+
+    def episode_returns(self, traj: Trajectory) -> list[float]:
+        """The returns of the episodes (RL²: trials) that ended in ``traj``."""
+
+    def restart(self, iteration: int) -> None:
+        """After a resume at ``iteration``: start fresh episodes where some were cut off."""
+
+    def close(self) -> None:
+        """Release the envs."""
+
+
+class EpisodeSource:
+    """``num_steps`` steps of every env per iteration, episodes running on across iterations; GAE
+    per episode with time-limit truncation bootstrapped. Episodes cut by a resume restart with a
+    seed derived from the run seed and the iteration (gymnasium envs cannot be saved)."""
+
+    def __init__(
+        self,
+        envs: gym.vector.VectorEnv,
+        num_steps: int,
+        seed: int | None = None,
+        task_ids: list[int] | None = None,
+    ):
+        self.envs, self.num_steps, self.seed, self.task_ids = envs, num_steps, seed, task_ids
+        self.steps_per_iteration = envs.num_envs * num_steps
+        self.rollout: Rollout | None = None
+
+    def bind(self, policy: SequencePolicy, generator: torch.Generator) -> None:
+        self.rollout = Rollout(
+            policy, self.envs, generator=generator, seed=self.seed, task_ids=self.task_ids
+        )
+
+    def collect(self, iteration: int) -> Trajectory:
+        return self.rollout.collect(self.num_steps)
+
+    def targets(self, traj: Trajectory, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+        return episode_targets(traj, gamma, gae_lambda)
+
+    def episode_returns(self, traj: Trajectory) -> list[float]:
+        return traj.episode_returns()
+
+    def restart(self, iteration: int) -> None:
+        self.rollout.new_trial(seed=(self.seed or 0) * 1_000_003 + iteration)
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def episode_targets(traj: Trajectory, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+    """GAE per episode, with time-limit truncation bootstrapped from the recorded values."""
+    return gae(
+        traj.rewards,
+        traj.values,
+        traj.terminated,
+        traj.truncated,
+        traj.bootstrap_values,
+        traj.last_value,
+        gamma,
+        gae_lambda,
+    )
+
+
+def trial_targets(traj: Trajectory, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+    """GAE over whole trials: the trial is the meta-RL episode, so its end is the only terminal
+    step (nothing to bootstrap), and an episode end inside it is an ordinary transition."""
+    return gae(
+        traj.rewards,
+        traj.values,
+        traj.trial_ends,
+        torch.zeros_like(traj.truncated),
+        traj.bootstrap_values,
+        traj.last_value,
+        gamma,
+        gae_lambda,
+    )
+
+
+# --- the trainer ------------------------------------------------------------------------------
+
+
 class PPOTrainer:
-    """PPO as a resumable object: :meth:`step` runs one iteration.
+    """PPO as a resumable trainer: :meth:`step` runs one iteration (collect, GAE, PPO-clip epochs
+    with the plugins' loss terms and hooks). RL² and the continual learner's PPO are this trainer
+    with another :class:`BatchSource`.
+
+    Args:
+        policy: the sequence policy.
+        source: a :class:`BatchSource`, or a vector env (SAME_STEP autoreset) for plain PPO.
+        config: the PPO settings (``total_steps`` sets :attr:`iterations`).
+        plugins: :class:`metarl.plugins.Plugin` s: loss terms, gradient masks, step hooks.
+        return_window: the logged ``episodic_return`` averages the last this many episodes
+            (None: only this iteration's).
+        average_stats: log the loss statistics averaged over all minibatches (else the last
+            minibatch's, CleanRL's choice).
 
     :meth:`state_dict` holds the parameters, optimiser moments, the sampling generator, the
-    iteration counter and the recent-returns window. The environments' internal state (episodes in
-    progress) is not captured: gymnasium envs offer no code-free way to save it. A resumed PPO run
-    therefore restarts its episodes (reset with a seed derived from the run seed and the
-    iteration), so it continues from the same parameters but is not bit-identical to an
-    uninterrupted run. RL² and the meta-learners start fresh trials every iteration and resume
-    exactly.
+    counters and the recent-returns window. The environments' internal state (episodes in
+    progress) is not captured: a resumed plain-PPO run restarts its episodes, so it continues
+    from the same parameters but is not bit-identical to an uninterrupted run. RL² (fresh trials
+    every iteration) resumes exactly.
     """
 
-    def __init__(self, policy: SequencePolicy, envs: gym.vector.VectorEnv, config: PPOConfig):
-        if config.num_envs != envs.num_envs:
-            raise ValueError(f"config.num_envs={config.num_envs} but envs has {envs.num_envs} envs")
+    def __init__(
+        self,
+        policy: SequencePolicy,
+        source: BatchSource | gym.vector.VectorEnv,
+        config: PPOConfig,
+        plugins: Iterable[Plugin] = (),
+        return_window: int | None = 20,
+        average_stats: bool = False,
+    ):
+        if isinstance(source, gym.vector.VectorEnv):
+            if config.num_envs != source.num_envs:
+                raise ValueError(
+                    f"config.num_envs={config.num_envs} but envs has {source.num_envs} envs"
+                )
+            source = EpisodeSource(source, config.num_steps, seed=config.seed)
         if config.num_envs % config.num_minibatches:
             raise ValueError(
                 "num_minibatches must divide num_envs (minibatches are whole sequences)"
             )
-        self.policy, self.envs, self.config = policy, envs, config
+        self.policy, self.source, self.config = policy, source, config
+        self.plugins = PluginList(plugins)
+        self.return_window, self.average_stats = return_window, average_stats
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.rollout = Rollout(policy, envs, generator=self.generator, seed=config.seed)
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
-        self.batch = config.num_envs * config.num_steps
-        self.iterations = max(1, config.total_steps // self.batch)
+        source.bind(policy, self.generator)
+        self.optimizer = self.new_optimizer()
+        self.iterations = max(1, config.total_steps // source.steps_per_iteration)
         self.iteration, self.global_step, self._elapsed = 0, 0, 0.0
         self.recent: list[float] = []
+        self.last_batch: Trajectory | None = None
+
+    @property
+    def rollout(self) -> Rollout | None:
+        """The rollout engine of an episode source (None for other sources)."""
+        return getattr(self.source, "rollout", None)
 
     @property
     def done(self) -> bool:
         return self.iteration >= self.iterations
 
+    def new_optimizer(self) -> torch.optim.Optimizer:
+        """A fresh Adam over the policy (the continual layer may clear the moments at a stage)."""
+        return torch.optim.Adam(self.policy.parameters(), lr=self.config.learning_rate, eps=1e-5)
+
     def step(self) -> IterationStats:
+        """Collect, compute advantages, run the PPO-clip epochs; returns the iteration's row."""
         config, it = self.config, self.iteration + 1
         start = time.perf_counter() - self._elapsed
         lr = config.learning_rate * ((1 - (it - 1) / self.iterations) if config.anneal_lr else 1.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        traj = self.rollout.collect(config.num_steps)
-        global_step = self.global_step + self.batch
-        self.recent = (self.recent + traj.episode_returns())[-20:]
+        traj = self.source.collect(it)
+        global_step = self.global_step + self.source.steps_per_iteration
         with torch.no_grad():
-            adv, ret = gae(
-                traj.rewards,
-                traj.values,
-                traj.terminated,
-                traj.truncated,
-                traj.bootstrap_values,
-                traj.last_value,
-                config.gamma,
-                config.gae_lambda,
-            )
-        stats = ppo_update(self.policy, self.optimizer, traj, adv, ret, config, self.generator)
-        row = iteration_stats(
-            it,
-            global_step,
-            float(np.mean(self.recent)) if self.recent else math.nan,
-            len(self.recent),
-            stats,
-            traj.values,
+            adv, ret = self.source.targets(traj, config.gamma, config.gae_lambda)
+            # the critic's error on fresh data, before this iteration fits it (what a task
+            # switch makes jump)
+            value_error = float(((traj.values - ret) ** 2).mean())
+        stats = ppo_update(
+            self.policy,
+            self.optimizer,
+            traj,
+            adv,
             ret,
-            lr,
-            start,
+            config,
+            self.generator,
+            plugins=self.plugins,
+            average=self.average_stats,
         )
+        returns = self.source.episode_returns(traj)
+        if self.return_window:
+            self.recent = (self.recent + returns)[-self.return_window :]
+            returns = self.recent
+        main = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+        row = IterationStats(
+            iteration=it,
+            global_step=global_step,
+            episodic_return=float(np.mean(returns)) if returns else math.nan,
+            episodes=len(returns),
+            **{name: stats[name] for name in main},
+            explained_variance=float(explained_variance(traj.values, ret)),
+            learning_rate=lr,
+            steps_per_second=global_step / (time.perf_counter() - start),
+            extras={
+                "value_error": value_error,
+                **{k: v for k, v in stats.items() if k not in main},
+            },
+        )
+        self.plugins.after_iteration(traj, row.extras)
         for name in ("value_loss", "policy_loss", "entropy"):
             if not math.isfinite(getattr(row, name)):
                 raise FloatingPointError(f"PPO: {name} is not finite at iteration {it}; stopping")
         self.iteration, self.global_step = it, global_step
         self._elapsed = time.perf_counter() - start
+        self.last_batch = traj
         return row
+
+    def close(self) -> None:
+        """Release the source's envs and workers."""
+        self.source.close()
 
     def state_dict(self) -> dict:
         return {
@@ -207,8 +342,8 @@ class PPOTrainer:
         self.generator.set_state(state["generator"])
         self.iteration, self.global_step = int(state["iteration"]), int(state["global_step"])
         self._elapsed = float(state["elapsed"])
-        self.recent = [float(r) for r in state["recent_returns"]]
-        self.rollout.new_trial(seed=self.config.seed * 1_000_003 + self.iteration)
+        self.recent = [float(r) for r in state.get("recent_returns", [])]
+        self.source.restart(self.iteration)
 
 
 def train_ppo(
@@ -222,7 +357,8 @@ def train_ppo(
 
 
 def run_trainer(trainer, log: Callable | None = None) -> list:
-    """Step a resumable trainer (``done``/``step()``) to the end; returns its log rows."""
+    """Step a trainer to its end in memory (no run directory; :mod:`metarl.harness` is the
+    loop with one); returns its log rows."""
     history = []
     while not trainer.done:
         row = trainer.step()
@@ -240,18 +376,15 @@ def ppo_update(
     ret: torch.Tensor,
     config: PPOConfig,
     gen: torch.Generator,
-    extra_loss: Callable[[dict[str, float]], torch.Tensor] | None = None,
-    mask_gradients: Callable[[], None] | None = None,
-    after_step: Callable[[], None] | None = None,
+    plugins: PluginList | None = None,
     average: bool = False,
 ) -> dict[str, float]:
     """``update_epochs`` passes of PPO-clip over minibatches of whole env sequences; returns the
     last minibatch's loss statistics (``average=True``: their mean over all minibatches).
 
-    Hooks for learners that add to PPO (the continual learner's regularisers and replay):
-    ``extra_loss(stats)`` returns a term added to each minibatch's loss (and may record its own
-    statistics in ``stats``); ``mask_gradients()`` runs after ``backward`` and before clipping;
-    ``after_step()`` runs after each optimiser step.
+    With ``plugins`` (:mod:`metarl.plugins`): each minibatch's loss gets their loss terms at the
+    policy's parameters (they may record statistics in the row), their gradient masks run after
+    ``backward`` and before clipping, and their ``after_step`` after each optimiser step.
     """
     num_envs = traj.B
     per_mb = num_envs // config.num_minibatches
@@ -279,17 +412,19 @@ def ppo_update(
                 clip_vloss=config.clip_vloss,
             )
             stats = {name: float(v) for name, v in parts.items()}
-            if extra_loss is not None:
-                loss = loss + extra_loss(stats)
+            if plugins:
+                extra = plugins.loss(dict(policy.named_parameters()), stats)
+                if extra is not None:
+                    loss = loss + extra
             _finite("loss", loss)
             optimizer.zero_grad()
             loss.backward()
-            if mask_gradients is not None:
-                mask_gradients()
+            if plugins:
+                plugins.mask_module_gradients(policy)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
             optimizer.step()
-            if after_step is not None:
-                after_step()
+            if plugins:
+                plugins.after_step(dict(policy.named_parameters()))
             stats["grad_norm"] = float(grad_norm)
             for name, v in stats.items():
                 sums[name] = sums.get(name, 0.0) + v

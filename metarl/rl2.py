@@ -11,9 +11,7 @@ terminal step (nothing to bootstrap), and an episode end inside a trial is an or
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +20,11 @@ import torch
 from ssm.policy import SequencePolicy
 
 from .collector import Collector, LocalCollector
-from .objectives import gae
-from .ppo import IterationStats, PPOConfig, iteration_stats, ppo_update, run_trainer
+from .plugins import Plugin
+from .ppo import IterationStats, PPOConfig, PPOTrainer, run_trainer, trial_targets
 from .rollout import Rollout
 from .tasks import TaskFamily
+from .trajectory import Trajectory
 
 
 @dataclass
@@ -55,8 +54,41 @@ def trial_batch(
         return task_set.collect(steps, seed, generator=generator)
 
 
-class RL2Trainer:
-    """RL² meta-training as a resumable object: :meth:`step` runs one iteration.
+class TrialSource:
+    """RL²'s batches: every iteration, ``num_envs`` freshly sampled training tasks, one trial of
+    ``episodes_per_trial`` episodes each (:func:`trial_batch`, on the collector's backend); GAE
+    over whole trials (:func:`metarl.ppo.trial_targets`); the logged return is the trial's."""
+
+    def __init__(self, family: TaskFamily, config: RL2Config, collector: Collector | None = None):
+        self.family, self.config, self.collector = family, config, collector
+        self.trial_steps = config.episodes_per_trial * family.max_episode_steps
+        self.steps_per_iteration = self.trial_steps * config.num_envs
+        self.generator: torch.Generator | None = None
+
+    def bind(self, policy: SequencePolicy, generator: torch.Generator) -> None:
+        self.generator = generator
+        if self.collector is None:
+            self.collector = LocalCollector(policy, self.family)
+
+    def collect(self, iteration: int) -> Trajectory:
+        return trial_batch(self.family, self.collector, self.config, iteration, self.generator)
+
+    def targets(self, traj: Trajectory, gamma: float, gae_lambda: float):
+        return trial_targets(traj, gamma, gae_lambda)
+
+    def episode_returns(self, traj: Trajectory) -> list[float]:
+        return traj.rewards.sum(0).double().tolist()  # the trial is the episode
+
+    def restart(self, iteration: int) -> None:
+        """Nothing to restart: every iteration starts fresh trials."""
+
+    def close(self) -> None:
+        self.collector.close()
+
+
+class RL2Trainer(PPOTrainer):
+    """RL² meta-training as a resumable trainer: :class:`metarl.ppo.PPOTrainer` over a
+    :class:`TrialSource`.
 
     Every iteration draws its tasks and env seeds from ``(config.seed, iteration)`` and its
     action samples and minibatch orders from one generator, so the whole run is a function of the
@@ -71,76 +103,20 @@ class RL2Trainer:
         family: TaskFamily,
         config: RL2Config,
         collector: Collector | None = None,
+        plugins: Iterable[Plugin] = (),
     ):
         if not policy.in_context:
             raise ValueError("RL² needs a SequencePolicy built with in_context=True")
         if config.num_envs % config.num_minibatches:
             raise ValueError("num_minibatches must divide num_envs (minibatches are whole trials)")
-        self.policy, self.family, self.config = policy, family, config
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.collector = collector or LocalCollector(policy, family)
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
-        self.trial_steps = config.episodes_per_trial * family.max_episode_steps
-        self.iterations = max(1, config.total_steps // (self.trial_steps * config.num_envs))
-        self.iteration, self.global_step, self._elapsed = 0, 0, 0.0
+        self.family = family
+        source = TrialSource(family, config, collector)
+        super().__init__(policy, source, config, plugins=plugins, return_window=None)
+        self.trial_steps = source.trial_steps
 
     @property
-    def done(self) -> bool:
-        return self.iteration >= self.iterations
-
-    def step(self) -> IterationStats:
-        """One iteration: fresh train tasks, one trial per env, a PPO update on whole trials."""
-        config, it = self.config, self.iteration + 1
-        start = time.perf_counter() - self._elapsed
-        lr = config.learning_rate * ((1 - (it - 1) / self.iterations) if config.anneal_lr else 1.0)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        traj = trial_batch(self.family, self.collector, config, it, self.generator)
-        global_step = self.global_step + self.trial_steps * config.num_envs
-        with torch.no_grad():  # the trial is the episode: only its end is terminal
-            no_cut = torch.zeros_like(traj.truncated)
-            adv, ret = gae(
-                traj.rewards,
-                traj.values,
-                traj.trial_ends,
-                no_cut,
-                traj.bootstrap_values,
-                traj.last_value,
-                config.gamma,
-                config.gae_lambda,
-            )
-        stats = ppo_update(self.policy, self.optimizer, traj, adv, ret, config, self.generator)
-        trial_return = float(traj.rewards.sum(0).mean())
-        row = iteration_stats(
-            it, global_step, trial_return, traj.B, stats, traj.values, ret, lr, start
-        )
-        for name in ("value_loss", "policy_loss", "entropy"):
-            if not math.isfinite(getattr(row, name)):
-                raise FloatingPointError(f"RL²: {name} is not finite at iteration {it}; stopping")
-        self.iteration, self.global_step = it, global_step
-        self._elapsed = time.perf_counter() - start
-        return row
-
-    def close(self) -> None:
-        """Release the collector's workers."""
-        self.collector.close()
-
-    def state_dict(self) -> dict:
-        return {
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "iteration": self.iteration,
-            "global_step": self.global_step,
-            "elapsed": self._elapsed,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.iteration, self.global_step = int(state["iteration"]), int(state["global_step"])
-        self._elapsed = float(state["elapsed"])
+    def collector(self) -> Collector:
+        return self.source.collector
 
 
 def train_rl2(

@@ -12,7 +12,8 @@ cross-entropy to predict ``z`` from the states the skills visit.
 The machinery is the project's: :class:`skills.intrinsic.SkillConditionedVecEnv` appends ``z``,
 :class:`skills.intrinsic.IntrinsicRewardVecEnv` turns the discriminator (a reward plugin) into
 the reward, and :func:`skills.intrinsic.train_ppo_intrinsic` runs :class:`metarl.Rollout`,
-:func:`metarl.gae` and :func:`metarl.ppo.ppo_update`, updating the plugins after each batch.
+:func:`metarl.gae` and :func:`metarl.ppo.ppo_update` (one :class:`metarl.ppo.PPOTrainer`), updating
+the plugins after each batch.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 - :class:`SkillConditionedVecEnv`: draws a skill ``z ~ p(z)`` (uniform) per episode and appends
   ``onehot(z)`` to the observations, which makes any sequence policy a skill-conditioned
   ``π(a | s, z)``.
-- :func:`train_ppo_intrinsic`: PPO (``metarl``'s rollout, GAE and update) on such an env, with the
-  plugins updated after every batch.
+- :func:`train_ppo_intrinsic`: ``metarl``'s PPO trainer on such an env, with the reward plugins
+  updated after every batch (the :class:`IntrinsicRewardUpdate` trainer plugin).
 
 Both respect ``SAME_STEP`` autoreset: a finished episode's last observation (``info["final_obs"]``)
 is the ``s'`` of its last transition, so bonuses are computed on it, and it keeps the finished
@@ -16,7 +16,6 @@ episode's skill code.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,9 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarl.objectives import gae
-from metarl.ppo import PPOConfig, ppo_update
-from metarl.rollout import Rollout
+from metarl.plugins import Plugin
+from metarl.ppo import PPOConfig, PPOTrainer
 
 from .curiosity import ICM, RND, RewardPlugin
 
@@ -201,6 +199,20 @@ def make_curiosity(name: str, obs_dim: int, action_space: gym.Space, seed: int =
     raise ValueError(f"curiosity must be 'rnd' or 'icm', got {name!r}")
 
 
+class IntrinsicRewardUpdate(Plugin):
+    """A trainer plugin: after every batch, :meth:`IntrinsicRewardVecEnv.update_plugins` (the
+    reward plugins learn from the batch's transitions) and their losses and reward components
+    go into the iteration's row."""
+
+    name = "intrinsic_rewards"
+
+    def __init__(self, envs: IntrinsicRewardVecEnv):
+        self.envs = envs
+
+    def after_iteration(self, batch, row: dict) -> None:
+        row.update(self.envs.update_plugins())
+
+
 def train_ppo_intrinsic(
     policy: torch.nn.Module,
     envs: IntrinsicRewardVecEnv,
@@ -208,39 +220,16 @@ def train_ppo_intrinsic(
     log: Callable[[dict[str, float]], None] | None = None,
     after_iteration: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """PPO on ``envs`` (an :class:`IntrinsicRewardVecEnv`), as :func:`metarl.ppo.train_ppo` does
-    it, plus one :meth:`IntrinsicRewardVecEnv.update_plugins` per batch. Returns one row per
-    iteration: PPO's loss statistics, the plugins' losses, the mean reward components and the
-    extrinsic episodic return. ``after_iteration(row)`` may add entries to the row."""
+    """PPO on ``envs`` (an :class:`IntrinsicRewardVecEnv`): :class:`metarl.ppo.PPOTrainer` with the
+    :class:`IntrinsicRewardUpdate` plugin. Returns one row per iteration: PPO's statistics, the
+    plugins' losses and the mean reward components. ``after_iteration(row)`` may add entries to
+    the row."""
     if config.num_envs != envs.num_envs:
         raise ValueError(f"config.num_envs={config.num_envs} but envs has {envs.num_envs}")
-    gen = torch.Generator().manual_seed(config.seed)
-    rollout = Rollout(policy, envs, generator=gen, seed=config.seed)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
-    batch = config.num_envs * config.num_steps
-    iterations = max(1, config.total_steps // batch)
+    trainer = PPOTrainer(policy, envs, config, plugins=[IntrinsicRewardUpdate(envs)])
     history: list[dict[str, float]] = []
-    start = time.perf_counter()
-    for it in range(1, iterations + 1):
-        lr = config.learning_rate * ((1 - (it - 1) / iterations) if config.anneal_lr else 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        traj = rollout.collect(config.num_steps)
-        with torch.no_grad():
-            adv, ret = gae(
-                traj.rewards,
-                traj.values,
-                traj.terminated,
-                traj.truncated,
-                traj.bootstrap_values,
-                traj.last_value,
-                config.gamma,
-                config.gae_lambda,
-            )
-        row = ppo_update(policy, optimizer, traj, adv, ret, config, gen)
-        row.update(envs.update_plugins())
-        row.update(iteration=it, global_step=it * batch, learning_rate=lr)
-        row["steps_per_second"] = it * batch / (time.perf_counter() - start)
+    while not trainer.done:
+        row = trainer.step().as_dict()
         if after_iteration is not None:
             after_iteration(row)
         history.append(row)

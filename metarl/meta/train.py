@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from metarl.collector import Collector, LocalCollector
+from metarl.plugins import Plugin, PluginList
 from metarl.task_rollout import episode_success_any
 from metarl.tasks import TaskFamily
 from metarl.trajectory import Trajectory
@@ -76,9 +78,13 @@ class MetaIterationStats:
     """mean inner learning rate (learned ones move)"""
     steps_per_second: float
     """environment steps per second of wall time, everything included"""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """what plugins record (penalty, replay losses, ...)"""
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        extras = row.pop("extras")
+        return {**row, **extras}
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -155,6 +161,12 @@ class MetaTrainer:
 
     A non-finite loss, meta-gradient or parameter raises ``FloatingPointError`` naming it,
     before the counters move (the runner then keeps the last good checkpoint).
+
+    ``plugins`` (:mod:`metarl.plugins`) act on the outer step: their loss terms are added to the
+    outer loss at θ (the meta-initialisation; their gradient is added to the meta-gradient),
+    their masks apply to the meta-gradient, and ``after_step`` runs after the outer optimiser
+    step. (MAML-TRPO's constrained step takes no plugins.) :attr:`last_batch` is the support
+    data the last iteration collected with θ: what a continual plugin consolidates on.
     """
 
     def __init__(
@@ -163,8 +175,16 @@ class MetaTrainer:
         family: TaskFamily,
         config: MetaConfig,
         collector: Collector | None = None,
+        plugins: Iterable[Plugin] = (),
     ):
         self.policy, self.family, self.config = policy, family, config
+        self.plugins = PluginList(plugins)
+        if self.plugins and config.outer == "trpo":
+            raise ValueError(
+                "plugins act on an Adam/SGD outer step (outer=adam or sgd); MAML-TRPO's "
+                "constrained step takes none"
+            )
+        self.last_batch: Trajectory | None = None
         self.learner = make_learner(policy, config)
         self.collector = collector or LocalCollector(policy, family, vectorize=config.vectorize)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -237,6 +257,7 @@ class MetaTrainer:
         )
 
         # -- outer step ---------------------------------------------------------------------
+        extras: dict[str, Any] = {}
         if config.outer == "trpo":
             stats, grad_norm, kl, accepted = _trpo_update(
                 learner, self.optimizer, supports, query, first_order, it, config
@@ -246,9 +267,10 @@ class MetaTrainer:
             if mg is None:
                 mg = learner.meta_gradient(supports, query, first_order=first_order, iteration=it)
             stats, accepted = mg.stats, None
-            grad_norm = _apply(
-                self.optimizer, learner.named_parameters(), mg.grads, config.max_grad_norm
-            )
+            named = learner.named_parameters()
+            grads = self._with_plugins(named, mg.grads, extras)
+            grad_norm = _apply(self.optimizer, named, grads, config.max_grad_norm)
+            self.plugins.after_step(named)
             if self.lr_optimizer is not None and mg.lr_grads is not None:
                 _apply(self.lr_optimizer, learner.lrs, mg.lr_grads, config.max_grad_norm)
             # (not computed when adaptation ran on the workers: it would re-adapt every task here)
@@ -272,14 +294,47 @@ class MetaTrainer:
             trpo_accepted=accepted,
             inner_lr_mean=_inner_lr_mean(learner),
             steps_per_second=global_step / elapsed,
+            extras=extras,
         )
+        self.plugins.after_iteration(pre, row.extras)
         checked = ("grad_norm",) if isinstance(learner, Reptile) else ("grad_norm", "outer_loss")
         for name in checked:
             if not math.isfinite(getattr(row, name)):
                 raise FloatingPointError(f"meta-training: {name} is not finite at iteration {it}")
         _check_finite_params(learner.params(), it)
         self.iteration, self.global_step, self._elapsed = it, global_step, elapsed
+        self.last_batch = pre
         return row
+
+    def _with_plugins(self, named: dict, grads: dict, extras: dict[str, Any]) -> dict:
+        """The meta-gradient plus the gradient of the plugins' loss terms at θ (a term on the
+        outer loss), through their masks."""
+        if not self.plugins:
+            return grads
+        with torch.enable_grad():
+            extra = self.plugins.loss(named, extras)
+        if extra is not None:
+            g = torch.autograd.grad(extra, list(named.values()), allow_unused=True)
+            grads = {
+                k: grads[k] if gk is None else grads[k] + gk.detach()
+                for (k, _), gk in zip(named.items(), g)
+            }
+        return self.plugins.mask_gradients(grads)
+
+    def reset_optimizer(self) -> None:
+        """Clear the outer optimiser's moments (the continual layer may, at a stage boundary)."""
+        if self.optimizer is not None:
+            self.optimizer = type(self.optimizer)(
+                self.optimizer.param_groups[0]["params"], **self.optimizer.defaults
+            )
+
+    def set_family(self, family: TaskFamily) -> None:
+        """Sample tasks from ``family`` from the next iteration on (the continual layer switches
+        task distributions at stage boundaries). Its spaces must be the policy's."""
+        self.collector.close()
+        self.family = family
+        self.collector = LocalCollector(self.policy, family, vectorize=self.config.vectorize)
+        self.num_steps = self.config.num_steps or family.max_episode_steps
 
     def state_dict(self) -> dict:
         lrs = self.learner.lrs if isinstance(self.learner, MAML) else None
