@@ -23,6 +23,7 @@ from importlib.metadata import entry_points
 
 import yaml
 
+from .cli_args import parse_config_args
 from .config import ConfigError, config_to_dict, field_docs, load_config
 
 EXIT_DIVERGED = 3
@@ -95,13 +96,6 @@ def _parser(plugins: dict) -> argparse.ArgumentParser:
     return ap
 
 
-def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
-    """``metarl train a=1`` has no config file: the first "key=value" is an override."""
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        return None, [config, *overrides]
-    return config, overrides
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     plugins = _plugin_commands()
@@ -113,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "config":
-            path, overrides = _split_config_arg(args.config, args.overrides)
+            path, overrides = parse_config_args(args.config, args.overrides)
             cfg = load_config(runner.TrainConfig, path, overrides)
             if args.docs:
                 for key, doc in field_docs(runner.TrainConfig).items():
@@ -124,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "adapt-eval":
             return _adapt_eval(args, runner)
         if args.command == "train":
-            path, overrides = _split_config_arg(args.config, args.overrides)
+            path, overrides = parse_config_args(args.config, args.overrides)
             run = runner.train(path, overrides)
         elif args.command == "resume":
             run = runner.resume(args.run_dir, args.overrides)

@@ -7,9 +7,11 @@ meta-RL; ``meta.algo`` picks MAML, FOMAML, iMAML or Reptile).
 
 A run is a function of its config and its one seed: the global RNGs are seeded from it, the
 trainer draws tasks and env seeds from ``(seed, iteration)`` and samples actions from one
-generator. A checkpoint, written atomically every ``run.checkpoint_every`` iterations, holds the
-trainer's state (parameters, optimiser, generator, counters) and the global RNG states;
-:func:`resume` restores them, drops the metrics rows logged after the checkpoint and continues.
+generator. The loop, the checkpoints, ``status.json``, stops and interrupts are the one harness's
+(:mod:`metarl.harness`): a checkpoint, written atomically every ``run.checkpoint_every``
+iterations and whenever a run stops, holds the trainer's state (parameters, optimiser, generator,
+counters) and the global RNG states; :func:`resume` restores them, drops the metrics rows logged
+after the checkpoint and continues.
 For RL² and the gradient meta-learners a resumed run ends with the same metrics as an
 uninterrupted one on CPU (tested; for RL² including a SIGKILL).
 
@@ -23,8 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import random
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,14 @@ from ssm.util import write_atomic
 
 from .backends import make_collector, require_ray
 from .config import ConfigError, config_to_dict, load_config
+from .harness import (
+    STATUS_FILE,
+    TrainingDiverged,
+    check_resume_overrides,
+    restore,
+    run_loop,
+    seed_everything,
+)
 from .meta import MetaTrainer, adapt_eval, make_learner
 from .meta.adaptation import (
     curves_markdown,
@@ -48,7 +56,7 @@ from .meta.adaptation import (
 from .meta.train import restore_inner_lrs
 from .ppo import PPOConfig, PPOTrainer
 from .rl2 import RL2Trainer, evaluate_trials
-from .run_dir import RunDir, capture_rng_state, restore_rng_state
+from .run_dir import RunDir
 from .tasks import TaskFamily, make_family
 from .tracking import LoggingConfig, Tracker
 from .train_config import EvalConfig, PolicyConfig, RunConfig, TrainConfig
@@ -67,12 +75,6 @@ __all__ = [
     "resume",
     "train",
 ]
-
-STATUS_FILE = "status.json"
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or inf; the run stopped and its last good checkpoint was kept."""
 
 
 # --- building blocks --------------------------------------------------------------------------
@@ -122,12 +124,6 @@ def build_trainer(cfg: TrainConfig, policy: SequencePolicy, family: TaskFamily):
     return PPOTrainer(policy, family.make_vector_env(tasks, seed=cfg.seed), ppo)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds third-party code that uses the global)
-    torch.manual_seed(seed)
-
-
 # --- train / resume ---------------------------------------------------------------------------
 
 
@@ -149,14 +145,7 @@ def resume(run_dir: str | Path, overrides: Iterable[str] = ()) -> RunDir:
     """Continue a run from its latest readable checkpoint (``overrides`` may change only
     ``run.*`` and ``logging.*`` settings, e.g. ``run.stop_after=null``)."""
     run = RunDir.open(run_dir)
-    overrides = list(overrides)
-    for o in overrides:
-        if not o.startswith(("run.", "logging.")):
-            raise ValueError(
-                f"resume override {o!r} would change the experiment; only run.* and logging.* "
-                "settings may change on resume"
-            )
-    cfg = run.load_config(TrainConfig, overrides)
+    cfg = run.load_config(TrainConfig, check_resume_overrides(overrides))
     return _run(cfg, run, resuming=True)
 
 
@@ -167,73 +156,22 @@ def _run(cfg: TrainConfig, run: RunDir, resuming: bool) -> RunDir:
     family = build_family(cfg)
     policy = build_policy(cfg, family)
     trainer = build_trainer(cfg, policy, family)
-    if resuming and run.checkpoints():
-        state = run.load_checkpoint("latest")
-        trainer.load_state_dict(state["trainer"])
-        restore_rng_state(state["rng"])
-        run.rewind_metrics(trainer.global_step)
-        log.info("resumed %s at iteration %d", run.path, trainer.iteration)
-    elif resuming:  # killed before the first checkpoint: start over in the same directory
-        run.rewind_metrics(-1)
+    if resuming:
+        restore(run, trainer)
     logging_cfg = cfg.logging
     if cfg.algo == "maml" and logging_cfg.headline == LoggingConfig().headline:
         logging_cfg = dataclasses.replace(logging_cfg, headline=("pre_return", "post_return", "kl"))
     tracker = Tracker(
         run, logging_cfg, trainer.iterations, trainer.iteration, run_config=cfg, resume=resuming
     )
-    _write_status(run, "running", trainer)
-    exit_code, ran, started = 1, 0, time.monotonic()
-    limit = cfg.run.time_limit_minutes
-    try:
-        while not trainer.done:
-            if cfg.run.stop_after is not None and ran >= cfg.run.stop_after:
-                _write_status(run, "stopped", trainer)
-                exit_code = 0
-                return run
-            if limit is not None and ran and time.monotonic() - started >= 60 * limit:
-                if trainer.iteration % cfg.run.checkpoint_every:
-                    _checkpoint(run, trainer, cfg)
-                _write_status(run, "stopped", trainer, f"time limit of {limit:g} min reached")
-                exit_code = 0
-                return run
-            try:
-                row = trainer.step()
-            except FloatingPointError as e:
-                last = run.checkpoints()
-                kept = f"; last good checkpoint: {last[-1]}" if last else "; no checkpoint yet"
-                message = f"{e}{kept}"
-                _write_status(run, "diverged", trainer, message)
-                raise TrainingDiverged(message) from e
-            ran += 1
-            tracker.log(row.global_step, row)
-            if trainer.done or trainer.iteration % cfg.run.checkpoint_every == 0:
-                _checkpoint(run, trainer, cfg)
+
+    def finish() -> None:
         run.plot_metrics(_plot_keys(run), "training.png")
         results = evaluate(run, cfg=cfg, policy=policy, family=family)
         tracker.summary(results["headline"])
-        _write_status(run, "finished", trainer)
-        exit_code = 0
-        return run
-    finally:
-        tracker.close(exit_code)
-        if hasattr(trainer, "close"):
-            trainer.close()
 
-
-def _checkpoint(run: RunDir, trainer, cfg: TrainConfig) -> None:
-    state = {"trainer": trainer.state_dict(), "rng": capture_rng_state()}
-    run.save_checkpoint(trainer.global_step, state, keep=cfg.run.keep_checkpoints)
-
-
-def _write_status(run: RunDir, status: str, trainer, message: str | None = None) -> None:
-    body = {
-        "status": status,
-        "iteration": trainer.iteration,
-        "iterations": trainer.iterations,
-        "global_step": trainer.global_step,
-        "message": message,
-    }
-    write_atomic(run.path / STATUS_FILE, (json.dumps(body, indent=2) + "\n").encode())
+    run_loop(run, trainer, cfg.run, tracker, finish)
+    return run
 
 
 def _plot_keys(run: RunDir) -> list[str]:

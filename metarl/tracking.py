@@ -96,8 +96,10 @@ class Tracker:
             settings=wandb.Settings(silent=True),
         )
 
-    def log(self, step: int, row: Mapping[str, Any] | Any) -> None:
-        """Record one row (a dict or a dataclass) at ``step`` (environment steps)."""
+    def log(self, step: int, row: Mapping[str, Any] | Any, advance: bool = True) -> None:
+        """Record one row (a dict or a dataclass) at ``step`` (environment steps); ``advance``:
+        it is an iteration's row (the progress bar moves), not an extra one such as an
+        evaluation."""
         if dataclasses.is_dataclass(row) and not isinstance(row, type):
             row = dataclasses.asdict(row)
         scalars = {k: v for k, v in row.items() if k != "step"}
@@ -105,7 +107,7 @@ class Tracker:
         if self._wandb is not None:
             numbers = {k: v for k, v in scalars.items() if isinstance(v, int | float)}
             self._wandb.log(numbers, step=int(step))
-        if self._bar is not None:
+        if self._bar is not None and advance:
             self._bar.update(1)
             self._bar.set_postfix(_headline(scalars, self.config.headline), refresh=False)
 
