@@ -3,22 +3,24 @@
 - :mod:`continual.replay`: :class:`ReplayBuffer`, prioritized replay of recurrent sequence chunks
   (stored state + burn-in), sampled in stage proportions; snapshots for checkpoints.
 - :mod:`continual.sum_tree`: the batched sum/min-trees under it.
-- :mod:`continual.regularizers`: the plugin interface and :class:`FineTuning`, :class:`L2Anchor`,
+- :mod:`continual.regularizers`: regularisers as trainer plugins (:class:`metarl.plugins.Plugin`)
+  and :class:`FineTuning`, :class:`L2Anchor`,
   :class:`EWC` (online, diagonal Fisher from :mod:`continual.fisher`); :mod:`continual.packnet`:
   :class:`PackNet`.
 - :mod:`continual.drift`: Page-Hinkley and ADWIN (river) over named scalar streams.
 - :mod:`continual.metrics`: Continual World metrics, detection scores and plots.
-- :mod:`continual.learner`: :class:`ContinualLearner`, PPO or RL² with the plugins above
-  (:mod:`continual.distill`: the replay distillation loss); :mod:`continual.config`:
+- :mod:`continual.learner`: :class:`ContinualLearner`, any metarl trainer (PPO, RL², the MAML
+  family) with the plugins above (:mod:`continual.distill`: the replay distillation loss and its
+  plugin, :class:`ReplayDistillation`; :mod:`continual.stage_tasks`: a curriculum stage as a
+  trainer's data source); :mod:`continual.config`:
   :class:`SequenceConfig`; :mod:`continual.sequence`: :func:`run_sequence` /
   :func:`resume_sequence`, a curriculum run into a run directory (``metarl sequence``,
   :mod:`continual.cli`); :mod:`continual.evaluation`: scoring every task of a sequence.
 """
 
-from .config import SequenceConfig
+from .distill import ReplayDistillation
 from .drift import ADWINConfig, Detection, DriftMonitor, PageHinkleyConfig, StreamDetector
 from .fisher import fisher_diagonal
-from .learner import ContinualLearner
 from .packnet import PackNet
 from .regularizers import (
     EWC,
@@ -29,8 +31,27 @@ from .regularizers import (
     RegularizerSet,
 )
 from .replay import ReplayBatch, ReplayBuffer, ReplayConfig
-from .sequence import SequenceResult, resume_sequence, run_sequence
 from .sum_tree import SumTree
+
+# The run machinery (the learner over metarl's trainers, the sequence harness) loads on first
+# use, so that `import continual` for EWC or replay in your own loop stays light.
+_LAZY = {
+    "ContinualLearner": ".learner",
+    "SequenceConfig": ".config",
+    "SequenceResult": ".sequence",
+    "SequenceRun": ".sequence",
+    "resume_sequence": ".sequence",
+    "run_sequence": ".sequence",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'continual' has no attribute {name!r}")
+
 
 __all__ = [
     "ADWINConfig",
@@ -48,8 +69,10 @@ __all__ = [
     "ReplayBatch",
     "ReplayBuffer",
     "ReplayConfig",
+    "ReplayDistillation",
     "SequenceConfig",
     "SequenceResult",
+    "SequenceRun",
     "StreamDetector",
     "SumTree",
     "fisher_diagonal",

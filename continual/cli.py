@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 
+from metarl.cli_args import parse_config_args
 from metarl.config import ConfigError, field_docs
 
 EXIT_CONFIG, EXIT_DIVERGED = 2, 3
@@ -60,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, doc in field_docs(SequenceConfig).items():
             print(f"{key:40s} {' '.join(doc.split())}")
         return 0
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        config, overrides = None, [config, *overrides]
+    config, overrides = parse_config_args(args.config, args.overrides)
     try:
         if args.resume:
             if config is not None:

@@ -1,8 +1,10 @@
 """``SequenceConfig``: one continual run, ``metarl sequence CONFIG.yaml key=value ...``.
 
-The plugins are combined in config: ``regularizer.kind`` (none, l2, ewc, packnet),
-``replay.enabled`` and ``drift.enabled``, with ``boundaries: known`` (the curriculum announces each
-stage) or ``hidden`` (the drift detector decides when a stage ends).
+The learner is any trainer of ``metarl``: ``learner: ppo | rl2 | maml | fomaml | imaml |
+reptile`` (the MAML family takes its settings, MAML++ options included, from ``meta.*``). The
+plugins are combined in config: ``regularizer.kind`` (none, l2, ewc, packnet), ``replay.enabled``
+and ``drift.enabled``, with ``boundaries: known`` (the curriculum announces each stage) or
+``hidden`` (the drift detector decides when a stage ends).
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from metarl.meta.config import MetaConfig
 from metarl.ppo import PPOConfig
+from metarl.tracking import LoggingConfig
 from metarl.train_config import PolicyConfig, RunConfig
 
 from .drift import ADWINConfig, PageHinkleyConfig
 from .replay import ReplayConfig
 
 __all__ = [
+    "LEARNERS",
+    "META_LEARNERS",
     "DriftSettings",
     "PageHinkleySettings",
     "EvalSettings",
@@ -26,6 +32,10 @@ __all__ = [
     "ReplaySettings",
     "SequenceConfig",
 ]
+
+
+LEARNERS = ("ppo", "rl2", "maml", "fomaml", "imaml", "reptile")
+META_LEARNERS = ("maml", "fomaml", "imaml", "reptile")
 
 
 @dataclass
@@ -165,8 +175,10 @@ class SequenceConfig:
     """run only the first this many stages; None: all"""
     seed: int = 1
     """the run's one seed (overrides ppo.seed)"""
-    algo: Literal["ppo", "rl2"] = "ppo"
-    """ppo: episodic PPO on the stage's tasks; rl2: in-context PPO over trials (RL²)"""
+    learner: Literal["ppo", "rl2", "maml", "fomaml", "imaml", "reptile"] = "ppo"
+    """ppo: episodic PPO on the stage's tasks; rl2: in-context PPO over trials (RL²); maml,
+    fomaml, imaml, reptile: a gradient meta-learner whose meta-batches are drawn from the stage's
+    tasks (settings in meta.*; the plugins act on its outer loss)"""
     episodes_per_trial: int = 2
     """RL²: episodes of one task per trial"""
     boundaries: Literal["known", "hidden"] = "known"
@@ -179,9 +191,12 @@ class SequenceConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """the sequence policy"""
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    """PPO settings; total_steps, anneal_lr and seed are unused (stage budgets come from the
-    curriculum, the learning rate is constant: a continual learner has no end to anneal to, and
-    the seed is `seed`)"""
+    """PPO settings (learner ppo, rl2); total_steps, anneal_lr and seed are unused (stage budgets
+    come from the curriculum, the learning rate is constant: a continual learner has no end to
+    anneal to, and the seed is `seed`)"""
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    """gradient meta-learner settings (learner maml, fomaml, imaml, reptile); algo, iterations
+    and seed are unused (the learner, the curriculum and `seed` set them)"""
     regularizer: RegularizerSettings = field(default_factory=RegularizerSettings)
     """the regulariser plugin"""
     replay: ReplaySettings = field(default_factory=ReplaySettings)
@@ -195,6 +210,8 @@ class SequenceConfig:
     run: RunConfig = field(default_factory=RunConfig)
     """run directory (name default: the curriculum's) and checkpoints: one at every stage end,
     plus one every run.checkpoint_every iterations within stages (0: none)"""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """wandb and the progress bar"""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -237,12 +254,23 @@ class SequenceConfig:
                 raise ValueError("replay.buffer.capacity must be >= replay.steps_per_stage")
             if rp.batch_size < 1 or rp.coef < 0 or rp.value_coef < 0:
                 raise ValueError("replay.batch_size must be >= 1, coef and value_coef >= 0")
-            if rp.buffer.chunk_len > p.num_steps and self.algo == "ppo":
+            if rp.buffer.chunk_len > p.num_steps and self.learner == "ppo":
                 raise ValueError(
                     f"replay chunks (burn_in + seq_len = {rp.buffer.chunk_len}) must fit in one "
                     f"PPO sequence (ppo.num_steps = {p.num_steps})"
                 )
         d = self.drift
+        if self.learner in META_LEARNERS:
+            if self.meta.outer == "trpo" and (r.kind != "none" or rp.enabled):
+                raise ValueError(
+                    "the regulariser and replay plugins act on an Adam/SGD outer step: use "
+                    "meta.outer=adam (or sgd) with them, not trpo"
+                )
+            if d.enabled and d.stream != "return":
+                raise ValueError(
+                    f"drift.stream={d.stream!r} reads a PPO critic; with a meta-learner watch "
+                    "drift.stream=return (the return before adaptation)"
+                )
         if d.scale <= 0 or d.discard_recent < 0:
             raise ValueError("drift.scale must be > 0 and drift.discard_recent >= 0")
         e = self.eval

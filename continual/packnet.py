@@ -52,6 +52,12 @@ class PackNet(Regularizer):
         prune_fraction: share of the FREE weights released by each :meth:`prune`.
         prunable: ``(name, param) -> bool``, which parameters are shared out by magnitude
             (default: those with >= 2 dimensions).
+        retrain_fraction: as a trainer plugin (:meth:`stage_progress`), prune when this last
+            share of a stage's iterations is left, and retrain the kept weights for it (0: prune
+            at the stage's end, in :meth:`consolidate`).
+
+    As a trainer plugin it also evaluates every stage with that stage's masks
+    (:meth:`evaluation_group` / :meth:`evaluation_params`).
     """
 
     kind = "packnet"
@@ -61,11 +67,15 @@ class PackNet(Regularizer):
         params: Mapping[str, Tensor],
         prune_fraction: float = 0.5,
         prunable: Callable[[str, Tensor], bool] | None = None,
+        retrain_fraction: float = 0.0,
     ):
         params = _check_params(params, "PackNet")
         if not (isinstance(prune_fraction, (int, float)) and 0.0 <= prune_fraction <= 1.0):
             raise ValueError(f"prune_fraction must be in [0, 1], got {prune_fraction!r}")
         self.prune_fraction = float(prune_fraction)
+        if not (isinstance(retrain_fraction, (int, float)) and 0.0 <= retrain_fraction < 1.0):
+            raise ValueError(f"retrain_fraction must be in [0, 1), got {retrain_fraction!r}")
+        self.retrain_fraction = float(retrain_fraction)
         rule = prunable or _default_prunable
         self.prunable = {n: bool(rule(n, p)) for n, p in params.items()}
         self.owner = {
@@ -174,6 +184,27 @@ class PackNet(Regularizer):
         free = sum(int((o == FREE).sum()) for n, o in self.owner.items() if self.prunable[n])
         total = sum(o.numel() for n, o in self.owner.items() if self.prunable[n])
         return free / max(total, 1)
+
+    # -- as a trainer plugin --------------------------------------------------------------------
+    def prune_iteration(self, stage_iterations: int) -> int | None:
+        """The stage iteration (completed iterations) before which the stage is pruned, or None
+        (pruned at its end)."""
+        if self.retrain_fraction <= 0:
+            return None
+        at = max(1, stage_iterations - round(self.retrain_fraction * stage_iterations))
+        return at if at < stage_iterations else None
+
+    def stage_progress(
+        self, stage_iteration: int, stage_iterations: int, params: Mapping[str, Tensor]
+    ) -> None:
+        if not self.pruned and stage_iteration == self.prune_iteration(stage_iterations):
+            self.prune(params)
+
+    def evaluation_group(self, stage: int) -> int:
+        return min(stage, self.task)
+
+    def evaluation_params(self, params: Mapping[str, Tensor], group: int) -> dict[str, Tensor]:
+        return self.masked_params(params, group)
 
     # -- persistence ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

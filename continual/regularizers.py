@@ -1,9 +1,10 @@
 """Regularisers against forgetting, as plugins that share one small interface.
 
-A continual learner holds a list of :class:`Regularizer` objects and, on every update, adds
-``penalty(params)`` to its loss, passes its gradients through ``mask_gradients`` (or calls
-``mask_module_gradients`` on a module) and calls ``after_optimizer_step`` after the optimiser
-step; at the end of a stage it calls ``consolidate(params, context)``. ``params`` is a
+Every regulariser is a trainer plugin (:class:`metarl.plugins.Plugin`), so any trainer (PPO,
+RL², the MAML family) accepts it: on every update the trainer adds ``penalty(params)`` to its loss
+(for a meta-learner: the outer loss at the meta-initialisation), passes its gradients through
+``mask_gradients`` and calls ``after_optimizer_step`` after the optimiser step; at the end of a
+stage ``end_stage`` calls ``consolidate(params, context)`` with the stage's data. ``params`` is a
 ``{name: tensor}`` dict (``dict(module.named_parameters())``, or functional parameters under
 ``torch.func``), so penalties are differentiable under ``grad`` and ``vmap``.
 
@@ -26,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from metarl.plugins import Plugin, StageEnd
 from metarl.trajectory import Trajectory
 
 from .fisher import FISHER_KINDS, fisher_diagonal
@@ -99,10 +101,44 @@ def _check_state(state: Any, kind: str) -> Mapping[str, Any]:
     return state
 
 
-class Regularizer:
-    """The plugin interface; every hook defaults to "do nothing"."""
+class Regularizer(Plugin):
+    """The regulariser interface; every hook defaults to "do nothing". As a trainer plugin:
+    ``loss`` is :meth:`penalty` (logged as ``penalty``), ``after_step`` is
+    :meth:`after_optimizer_step` and ``end_stage`` is :meth:`consolidate` on the stage's last
+    ``fisher_batches`` batches (one trajectory per sequence)."""
 
     kind = "regularizer"
+    name = "regularizer"
+    fisher_batches = 2
+    """the stage's last batches that ``end_stage`` hands to :meth:`consolidate`"""
+    needs_data = False
+    """``end_stage`` skips consolidation when there is no data (EWC: nothing to estimate from)"""
+
+    # -- as a trainer plugin --------------------------------------------------------------------
+    def loss(self, params: Mapping[str, Tensor], stats: dict[str, float]) -> Tensor:
+        value = self.penalty(params)
+        stats["penalty"] = stats.get("penalty", 0.0) + float(value.detach())
+        return value
+
+    def after_step(self, params: Mapping[str, Tensor]) -> None:
+        self.after_optimizer_step(params)
+
+    def end_stage(self, end: StageEnd) -> None:
+        data = end.data[-self.fisher_batches :] or end.discarded[-1:]
+        if not data and self.needs_data:
+            return
+        # one trajectory per sequence: the same Fisher (an average over all steps), but
+        # fisher_diagonal's per-step Jacobian then costs B·T² instead of (B·T)²
+        per_sequence = [t[[b]] for t in data for b in range(t.B)]
+        context = ConsolidationContext(
+            policy=end.policy,
+            trajectories=per_sequence or None,
+            stage=end.stage,
+            generator=end.generator,
+        )
+        self.consolidate(end.params, context)
+
+    # -- the regulariser ------------------------------------------------------------------------
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:
         """A scalar added to the loss (differentiable in ``params``)."""
@@ -219,9 +255,11 @@ class EWC(Regularizer):
         fisher: ``"empirical"`` or ``"true"``.
         fisher_samples: actions drawn per step for the true Fisher.
         names: parameters to protect (default: every entry of the ``params`` consolidated).
+        fisher_batches: as a trainer plugin, the stage's last batches the Fisher averages over.
     """
 
     kind = "ewc"
+    needs_data = True
 
     def __init__(
         self,
@@ -230,6 +268,7 @@ class EWC(Regularizer):
         fisher: Literal["empirical", "true"] = "empirical",
         fisher_samples: int = 1,
         names: Iterable[str] | None = None,
+        fisher_batches: int = 2,
     ):
         if not (isinstance(strength, (int, float)) and strength >= 0):
             raise ValueError(f"strength must be a number >= 0, got {strength!r}")
@@ -239,6 +278,13 @@ class EWC(Regularizer):
             raise ValueError(f"fisher must be one of {FISHER_KINDS}, got {fisher!r}")
         self.strength, self.decay, self.fisher_kind = float(strength), float(decay), fisher
         self.fisher_samples = int(fisher_samples)
+        if (
+            isinstance(fisher_batches, bool)
+            or not isinstance(fisher_batches, int)
+            or fisher_batches < 1
+        ):
+            raise ValueError(f"fisher_batches must be an int >= 1, got {fisher_batches!r}")
+        self.fisher_batches = fisher_batches
         self.names = None if names is None else list(names)
         self.fisher: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}

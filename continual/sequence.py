@@ -1,12 +1,14 @@
 """Running a continual learner through a curriculum: a config in, a run directory out.
 
-The harness owns the curriculum's clock: at every stage boundary it switches the learner's envs
-to the next stage's tasks (the learner is told only when ``boundaries: known``), it evaluates every
+:class:`SequenceRun` owns the curriculum's clock: at every stage boundary it switches the
+learner's tasks to the next stage's (the learner is told only when ``boundaries: known``), it
+evaluates every
 stage's tasks at the run's start, every ``eval.every_iterations`` within each stage and at each
 stage's end (curves ``p_j(t)``; the end-of-stage rows give ``R[i, j]``), and it scores the drift
 detector against the true switches. Run directory (:class:`metarl.run_dir.RunDir`)::
 
     config.yaml, meta.json        the config snapshot and provenance
+    curriculum.yaml               a copy of the curriculum file, when the config names a file
     metrics.jsonl                 one row per iteration (PPO and plugin diagnostics), one per eval
     results.json                  R, curves, eval steps, detections, metrics (CW + detection)
     metrics.md                    the metrics table
@@ -14,7 +16,10 @@ detector against the true switches. Run directory (:class:`metarl.run_dir.RunDir
     reference.json                single-task reference curves (reference.mode=run)
     checkpoints/                  learner (params, Adam, generator, regulariser, replay buffer,
                                   drift detector, pending data), harness state, global RNGs
-    status.json                   running / stopped / finished / diverged
+    status.json                   running / stopped / interrupted / finished / diverged
+
+The loop, checkpoints, status, stops and interrupts are the one harness's
+(:func:`metarl.harness.run_loop`); :class:`SequenceRun` is the trainer it drives.
 
 **Resume.** A checkpoint is written at every stage end and, with ``run.checkpoint_every``, every so
 many iterations within a stage. Resuming from a stage-end checkpoint continues bit-for-bit on CPU
@@ -47,9 +52,11 @@ import numpy as np
 import torch
 
 from curricula import BuiltCurriculum, Curriculum, StageSchedule, load_curriculum
-from metarl.config import config_to_dict, load_config
-from metarl.run_dir import RunDir, capture_rng_state, restore_rng_state
-from metarl.runner import seed_everything
+from metarl.cli_args import check_resume_overrides
+from metarl.config import config_to_dict, dump_config, load_config
+from metarl.harness import TrainingDiverged, restore, run_loop, seed_everything
+from metarl.run_dir import RunDir
+from metarl.tracking import Tracker
 from ssm.policy import SequencePolicy
 from ssm.util import write_atomic
 
@@ -57,7 +64,6 @@ from . import metrics as cw
 from .config import SequenceConfig
 from .evaluation import SequenceEvaluator
 from .learner import ContinualLearner
-from .packnet import PackNet
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,7 @@ __all__ = [
     "STATUS_FILE",
     "SequenceDiverged",
     "SequenceResult",
+    "SequenceRun",
     "build_policy",
     "metrics_table",
     "prepare_curriculum",
@@ -73,10 +80,11 @@ __all__ = [
 ]
 
 STATUS_FILE = "status.json"
+CURRICULUM_FILE = "curriculum.yaml"
 RESULTS_FILE = "results.json"
 TABLE_FILE = "metrics.md"
 REFERENCE_FILE = "reference.json"
-HARNESS_SCHEMA_VERSION = 1
+HARNESS_SCHEMA_VERSION = 2
 
 
 class SequenceDiverged(RuntimeError):
@@ -108,7 +116,15 @@ def prepare_curriculum(cfg: SequenceConfig) -> Curriculum:
 
 
 def build_policy(cfg: SequenceConfig, built: BuiltCurriculum) -> SequencePolicy:
-    return cfg.policy.build(built.observation_space, built.action_space, cfg.algo == "rl2")
+    return cfg.policy.build(built.observation_space, built.action_space, cfg.learner == "rl2")
+
+
+def _config(config: SequenceConfig | str | Path | None, overrides: Iterable[str]) -> SequenceConfig:
+    if isinstance(config, SequenceConfig):
+        if overrides:
+            return load_config(SequenceConfig, config_to_dict(config), overrides)
+        return config
+    return load_config(SequenceConfig, config, overrides)
 
 
 # --- entry points -----------------------------------------------------------------------------
@@ -121,176 +137,215 @@ def run_sequence(
     write: bool = True,
 ) -> SequenceResult:
     """Run a config (a :class:`SequenceConfig`, or a YAML path plus dotted ``overrides``) into a
-    new run directory under ``run.root`` (``write=False``: in memory, nothing written)."""
-    if isinstance(config, SequenceConfig):
-        cfg = config
-        if overrides:
-            cfg = load_config(SequenceConfig, config_to_dict(config), overrides)
-    else:
-        cfg = load_config(SequenceConfig, config, overrides)
+    new run directory under ``run.root`` (``write=False``: in memory, nothing written). The
+    curriculum is loaded and checked before the directory is created; a curriculum given as a
+    file is copied into it (``curriculum.yaml``), and a resume reads that copy."""
+    cfg = _config(config, overrides)
     curriculum = prepare_curriculum(cfg)
-    if run is None and write:
-        name = cfg.run.name or curriculum.name
-        run = RunDir.create(cfg.run.root, name, cfg, cfg.seed)
-    return _Harness(cfg, curriculum, run).execute()
+    if not write:
+        return SequenceRun(cfg, curriculum).run_in_memory()
+    if run is None:
+        run = RunDir.create(cfg.run.root, cfg.run.name or curriculum.name, cfg, cfg.seed)
+        cfg = _snapshot_curriculum(run, cfg)
+    return SequenceRun(cfg, curriculum).run_in(run, resuming=False)
 
 
 def resume_sequence(run_dir: str | Path, overrides: Iterable[str] = ()) -> SequenceResult:
-    """Continue a run from its latest checkpoint (``overrides`` may change only ``run.*``)."""
+    """Continue a run from its latest checkpoint (``overrides`` may change only ``run.*`` and
+    ``logging.*``)."""
     run = RunDir.open(run_dir)
-    overrides = list(overrides)
-    for o in overrides:
-        if not o.startswith("run."):
-            raise ValueError(f"resume override {o!r} would change the experiment; only run.*")
-    cfg = run.load_config(SequenceConfig, overrides)
-    curriculum = prepare_curriculum(cfg)
-    state = None
-    if run.checkpoints():
-        state = run.load_checkpoint("latest")
-    else:  # killed before the first checkpoint: start over in the same directory
-        run.rewind_metrics(-1)
-    return _Harness(cfg, curriculum, run).execute(state)
+    cfg = run.load_config(SequenceConfig, check_resume_overrides(overrides))
+    if (run.path / CURRICULUM_FILE).is_file():  # the copy, wherever the run directory is now
+        cfg = dataclasses.replace(cfg, curriculum=str(run.path / CURRICULUM_FILE))
+    return SequenceRun(cfg, prepare_curriculum(cfg)).run_in(run, resuming=True)
 
 
-# --- the harness ------------------------------------------------------------------------------
+def _snapshot_curriculum(run: RunDir, cfg: SequenceConfig) -> SequenceConfig:
+    """A curriculum from a file is part of the experiment: copy it into the run directory and
+    point the config snapshot at the copy, so editing the original cannot change a resume."""
+    source = Path(cfg.curriculum)
+    if not source.is_file():
+        return cfg  # a shipped curriculum, by name
+    copy_path = run.path / CURRICULUM_FILE
+    write_atomic(copy_path, source.read_bytes())
+    cfg = dataclasses.replace(cfg, curriculum=str(copy_path.resolve()))
+    dump_config(cfg, run.config_path)
+    return cfg
 
 
-class _Harness:
+# --- the run ----------------------------------------------------------------------------------
+
+
+class SequenceRun:
+    """A continual run as a :class:`metarl.harness.Trainer`: one :meth:`step` is one iteration of
+    the learner, plus the curriculum's clock around it (switching tasks at every boundary, ending
+    the stage when boundaries are known, evaluating every stage's tasks on schedule). The one
+    harness (:func:`metarl.harness.run_loop`) drives it: metrics, Tracker, checkpoints (every stage
+    end, and every ``run.checkpoint_every`` iterations), status, stops and interrupts."""
+
     def __init__(
         self,
         cfg: SequenceConfig,
         curriculum: Curriculum,
-        run: RunDir | None,
         built: BuiltCurriculum | None = None,
     ):
-        self.cfg, self.curriculum, self.run = cfg, curriculum, run
+        self.cfg, self.curriculum = cfg, curriculum
         self.built = built if built is not None else curriculum.build()
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        seed_everything(cfg.seed)
+        policy = build_policy(cfg, self.built)
+        self.learner = ContinualLearner(policy, cfg, self.built, list(curriculum.stages[0].tasks))
+        self.schedule = StageSchedule.from_curriculum(curriculum, self.learner.steps_per_iteration)
+        self.evaluator = SequenceEvaluator(
+            self.built,
+            cfg.eval.episodes,
+            cfg.eval.seed,
+            cfg.eval.deterministic,
+            in_context=cfg.learner == "rl2",
+            episodes_per_trial=cfg.episodes_per_trial,
+            asynchronous=cfg.async_envs,
+        )
+        self._eval_policy: SequencePolicy | None = None
+        self.h: dict[str, Any] = {"stage": 0, "stage_iteration": 0, "points": [], "elapsed": 0.0}
+        self._started = time.perf_counter()
+        self._tasks_of: int | None = None  # the stage whose tasks the learner has
+        self._stage_ended = False
+        self.iterations = self.schedule.total_iterations
+        self.run: RunDir | None = None
 
     def _stage_seed(self, stage: int, iteration: int) -> int:
         return self.cfg.seed * 1_000_003 + 100_003 * (stage + 1) + iteration
 
-    def execute(self, state: dict | None = None) -> SequenceResult:
-        cfg, curriculum, built = self.cfg, self.curriculum, self.built
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
-        seed_everything(cfg.seed)
-        policy = build_policy(cfg, built)
-        learner = ContinualLearner(policy, cfg, built.max_episode_steps)
-        schedule = StageSchedule.from_curriculum(curriculum, learner.steps_per_iteration)
-        evaluator = SequenceEvaluator(
-            built,
-            cfg.eval.episodes,
-            cfg.eval.seed,
-            cfg.eval.deterministic,
-            in_context=cfg.algo == "rl2",
-            episodes_per_trial=cfg.episodes_per_trial,
-            asynchronous=cfg.async_envs,
-        )
-        self.learner, self.schedule, self.evaluator = learner, schedule, evaluator
-        self._eval_policy: SequencePolicy | None = None
-        h = {"stage": 0, "stage_iteration": 0, "points": [], "elapsed": 0.0}
-        if state is not None:
-            if state.get("schema_version") != HARNESS_SCHEMA_VERSION:
-                raise ValueError("checkpoint harness schema_version is not supported")
-            learner.load_state_dict(state["learner"])
-            h = dict(state["harness"])
-            h["points"] = list(h["points"])
-            restore_rng_state(state["rng"])
-            if self.run is not None:
-                self.run.rewind_metrics(learner.global_step)
-            log.info("resumed at stage %d, iteration %d", h["stage"], h["stage_iteration"])
-        self.h = h
-        started = time.perf_counter() - h["elapsed"]
-        self._status("running")
-        ran = 0
-        try:
-            if not h["points"]:
-                self._evaluate(0, 0)
-            while h["stage"] < schedule.num_stages:
-                s = h["stage"]
-                names = curriculum.stages[s].tasks
-                assignments = built.assignments(names, cfg.ppo.num_envs)
-                envs = built.vector_env(
-                    assignments,
-                    seed=self._stage_seed(s, h["stage_iteration"]),
-                    asynchronous=cfg.async_envs,
-                )
-                learner.set_envs(
-                    envs, built.task_ids(assignments), self._stage_seed(s, h["stage_iteration"])
-                )
-                n = schedule.iterations[s]
-                prune_at = self._prune_iteration(n)
-                while h["stage_iteration"] < n:
-                    if cfg.run.stop_after is not None and ran >= cfg.run.stop_after:
-                        h["elapsed"] = time.perf_counter() - started
-                        self._status("stopped")
-                        return self._finish("stopped")
-                    reg = learner.regularizer
-                    if h["stage_iteration"] == prune_at and not getattr(reg, "pruned", True):
-                        learner.prune()
-                    try:
-                        row = learner.step()
-                    except FloatingPointError as e:
-                        self._status("diverged", str(e))
-                        raise SequenceDiverged(str(e)) from e
-                    ran += 1
-                    h["stage_iteration"] += 1
-                    if self.run is not None:
-                        self.run.log_metrics(learner.global_step, stage=s, **row)
-                    last = h["stage_iteration"] == n
-                    if last and cfg.boundaries == "known":
-                        learner.end_stage()
-                        learner.start_stage()
-                    if last or h["stage_iteration"] % cfg.eval.every_iterations == 0:
-                        self._evaluate(s, h["stage_iteration"])
-                    if last:
-                        h["stage"], h["stage_iteration"] = s + 1, 0
-                        log.info(
-                            "stage %d/%d (%s) done at step %d: scores %s",
-                            s + 1,
-                            schedule.num_stages,
-                            curriculum.stages[s].name,
-                            learner.global_step,
-                            np.round(h["points"][-1]["scores"], 3).tolist(),
-                        )
-                    if last or (
-                        cfg.run.checkpoint_every
-                        and learner.iteration % cfg.run.checkpoint_every == 0
-                    ):
-                        h["elapsed"] = time.perf_counter() - started
-                        self._checkpoint()
-                    if last:
-                        break
-            h["elapsed"] = time.perf_counter() - started
-            result = self._finish("finished")
-            self._status("finished")
-            return result
-        finally:
-            evaluator.close()
-            if learner.rollout is not None:
-                learner.rollout.envs.close()
+    # -- the Trainer protocol -------------------------------------------------------------------
+    @property
+    def iteration(self) -> int:
+        return self.learner.iteration
 
-    def _prune_iteration(self, n: int) -> int | None:
-        r = self.cfg.regularizer
-        if r.kind != "packnet" or r.retrain_fraction <= 0:
-            return None
-        at = max(1, n - round(r.retrain_fraction * n))
-        return at if at < n else None
+    @property
+    def global_step(self) -> int:
+        return self.learner.global_step
+
+    @property
+    def done(self) -> bool:
+        return self.h["stage"] >= self.schedule.num_stages
+
+    def step(self) -> list[dict[str, Any]]:
+        """One iteration of the learner in the current stage; returns its row, then any
+        evaluation rows (the first evaluation, before the first iteration, comes first)."""
+        h, learner = self.h, self.learner
+        rows: list[dict[str, Any]] = []
+        if not h["points"]:
+            rows.append(self._evaluate(0, 0))
+        s = h["stage"]
+        if self._tasks_of != s:
+            seed = self._stage_seed(s, h["stage_iteration"])
+            learner.set_tasks(list(self.curriculum.stages[s].tasks), seed, self.cfg.async_envs)
+            self._tasks_of = s
+        n = self.schedule.iterations[s]
+        learner.stage_progress(h["stage_iteration"], n)
+        row = learner.step()
+        h["stage_iteration"] += 1
+        rows.append({"global_step": learner.global_step, "stage": s, **row})
+        last = h["stage_iteration"] == n
+        if last and self.cfg.boundaries == "known":
+            learner.end_stage()
+            learner.start_stage()
+        if last or h["stage_iteration"] % self.cfg.eval.every_iterations == 0:
+            rows.append(self._evaluate(s, h["stage_iteration"]))
+        self._stage_ended = last
+        if last:
+            h["stage"], h["stage_iteration"] = s + 1, 0
+            log.info(
+                "stage %d/%d (%s) done at step %d: scores %s",
+                s + 1,
+                self.schedule.num_stages,
+                self.curriculum.stages[s].name,
+                learner.global_step,
+                np.round(h["points"][-1]["scores"], 3).tolist(),
+            )
+        return rows
+
+    def checkpoint_due(self) -> bool:
+        """Every stage end is checkpointed (a resume from there is bit-identical on CPU)."""
+        return self._stage_ended
+
+    def status_fields(self) -> dict[str, Any]:
+        return {
+            "stage": self.h["stage"],
+            "stage_iteration": self.h["stage_iteration"],
+            "stages": self.schedule.num_stages,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        self.h["elapsed"] = time.perf_counter() - self._started
+        return {
+            "schema_version": HARNESS_SCHEMA_VERSION,
+            "learner": self.learner.state_dict(),
+            "harness": dict(self.h),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("schema_version") != HARNESS_SCHEMA_VERSION:
+            raise ValueError(
+                f"checkpoint harness schema_version {state.get('schema_version')} is not "
+                f"supported (this code reads {HARNESS_SCHEMA_VERSION})"
+            )
+        self.learner.load_state_dict(state["learner"])
+        self.h = dict(state["harness"])
+        self.h["points"] = list(self.h["points"])
+        self._started = time.perf_counter() - self.h["elapsed"]
+        self._tasks_of = None  # fresh episodes of the stage, seeded from the stage iteration
+
+    def close(self) -> None:
+        self.evaluator.close()
+        self.learner.close()
+
+    # -- running --------------------------------------------------------------------------------
+    def run_in(self, run: RunDir, resuming: bool) -> SequenceResult:
+        """Through the one harness, into ``run``."""
+        self.run = run
+        if resuming:
+            restore(run, self)
+        tracker = Tracker(
+            run,
+            self.cfg.logging,
+            self.iterations,
+            self.iteration,
+            run_config=self.cfg,
+            resume=resuming,
+        )
+        result: list[SequenceResult] = []
+
+        def finish() -> None:
+            self.h["elapsed"] = time.perf_counter() - self._started
+            result.append(self._finish("finished"))
+
+        try:
+            status = run_loop(run, self, self.cfg.run, tracker, finish)
+        except TrainingDiverged as e:
+            raise SequenceDiverged(str(e)) from e
+        return result[0] if result else self._finish(status)
+
+    def run_in_memory(self) -> SequenceResult:
+        """The whole sequence with nothing written (reference runs, quick experiments)."""
+        try:
+            while not self.done:
+                self.step()
+            self.h["elapsed"] = time.perf_counter() - self._started
+            return self._finish("finished")
+        finally:
+            self.close()
 
     # -- evaluation -----------------------------------------------------------------------------
-    def _evaluate(self, stage: int, stage_iteration: int) -> None:
-        """Score every stage's tasks now; append a point and log it."""
+    def _evaluate(self, stage: int, stage_iteration: int) -> dict[str, Any]:
+        """Score every stage's tasks now; append a point; return its log row."""
         learner, stages = self.learner, self.curriculum.stages
-        groups: dict[int, list[int]] = {}
-        if isinstance(learner.regularizer, PackNet):
-            for j in range(len(stages)):
-                groups.setdefault(min(j, learner.regularizer.task), []).append(j)
-        else:
-            groups[-1] = list(range(len(stages)))
         scores = [math.nan] * len(stages)
         tasks: dict[str, dict] = {}
-        for key, cols in groups.items():
-            policy = learner.policy if key < 0 else self._masked_policy(cols[0])
+        for group, cols in learner.evaluation_groups(len(stages)).items():
+            params = learner.evaluation_params(group)
+            policy = learner.policy if params is None else self._policy_with(params)
             names = [t for j in cols for t in stages[j].tasks]
             out = self.evaluator.evaluate(policy, names)
             for j in cols:
@@ -305,53 +360,22 @@ class _Harness:
             "tasks": tasks,
         }
         self.h["points"].append(point)
-        if self.run is not None:
-            row = {f"eval/{st.name}": v for st, v in zip(stages, scores)}
-            self.run.log_metrics(
-                learner.global_step,
-                kind="eval",
-                stage=stage,
-                **row,
-                **{"eval/average": float(np.mean(scores))},
-            )
+        row = {f"eval/{st.name}": v for st, v in zip(stages, scores)}
+        return {
+            "global_step": learner.global_step,
+            "kind": "eval",
+            "stage": stage,
+            **row,
+            "eval/average": float(np.mean(scores)),
+        }
 
-    def _masked_policy(self, stage: int) -> SequencePolicy:
+    def _policy_with(self, params: dict[str, torch.Tensor]) -> SequencePolicy:
         if self._eval_policy is None:
             self._eval_policy = copy.deepcopy(self.learner.policy)
-        masked = self.learner.evaluation_params(stage)
         with torch.no_grad():
             for name, p in self._eval_policy.named_parameters():
-                p.copy_(masked[name])
+                p.copy_(params[name])
         return self._eval_policy
-
-    # -- persistence ----------------------------------------------------------------------------
-    def _checkpoint(self) -> None:
-        if self.run is None:
-            return
-        state = {
-            "schema_version": HARNESS_SCHEMA_VERSION,
-            "learner": self.learner.state_dict(),
-            "harness": dict(self.h),
-            "rng": capture_rng_state(),
-        }
-        self.run.save_checkpoint(
-            self.learner.global_step, state, keep=self.cfg.run.keep_checkpoints
-        )
-
-    def _status(self, status: str, message: str | None = None) -> None:
-        if self.run is None:
-            return
-        body = {
-            "status": status,
-            "stage": self.h["stage"],
-            "stage_iteration": self.h["stage_iteration"],
-            "stages": self.schedule.num_stages,
-            "iteration": self.learner.iteration,
-            "iterations": self.schedule.total_iterations,
-            "global_step": self.learner.global_step,
-            "message": message,
-        }
-        write_atomic(self.run.path / STATUS_FILE, (json.dumps(body, indent=2) + "\n").encode())
 
     # -- results --------------------------------------------------------------------------------
     def _finish(self, status: str) -> SequenceResult:
@@ -498,7 +522,7 @@ class _Harness:
             "stage_tasks": list(stage_def.tasks),
             "iterations": self.schedule.iterations[stage],
             "seed": c.seed,
-            "algo": c.algo,
+            "algo": c.learner,  # (the key's old name keeps reference caches valid)
             "episodes_per_trial": c.episodes_per_trial,
             "policy": config_to_dict(c.policy),
             "ppo": config_to_dict(c.ppo),
@@ -526,8 +550,8 @@ class _Harness:
             reference=dataclasses.replace(self.cfg.reference, mode="none"),
             run=dataclasses.replace(self.cfg.run, stop_after=None),
         )
-        sub = _Harness(sub_cfg, self.curriculum.only_stage(stage), None, built=self.built)
-        sub.execute()
+        sub = SequenceRun(sub_cfg, self.curriculum.only_stage(stage), built=self.built)
+        sub.run_in_memory()
         steps, scores = sub.stage_curve(0)
         entry = {"stage": name, "steps": steps, "scores": scores}
         if cache_path is not None:  # re-read: another run may have added entries meanwhile

@@ -87,7 +87,7 @@ def test_each_plugin_combination_produces_a_well_formed_R(plugin):
 
 def test_the_in_context_rl2_core_runs_through_the_stages_with_plugins():
     cfg = tiny_config(
-        "algo=rl2",
+        "learner=rl2",
         "episodes_per_trial=2",
         "stage_steps=320",
         "regularizer.kind=ewc",
@@ -109,9 +109,8 @@ def build_learner(*extra: str) -> tuple[ContinualLearner, object]:
     curriculum = prepare_curriculum(cfg)
     built = curriculum.build()
     torch.manual_seed(0)
-    learner = ContinualLearner(build_policy(cfg, built), cfg, built.max_episode_steps)
-    assignments = built.assignments(curriculum.stages[0].tasks, cfg.ppo.num_envs)
-    learner.set_envs(built.vector_env(assignments, seed=0), built.task_ids(assignments), seed=0)
+    learner = ContinualLearner(build_policy(cfg, built), cfg, built)
+    learner.set_tasks(list(curriculum.stages[0].tasks), seed=0)
     return learner, built
 
 
@@ -134,7 +133,7 @@ def test_drift_detection_opens_a_new_stage_on_a_synthetic_switch():
     assert fired_at == 10
     assert learner.stage == 1 and learner.stage_iteration == 0
     assert learner.regularizer.num_consolidations == 1
-    assert learner.replay.stage_sizes() and set(learner.replay.stage_sizes()) == {0}
+    assert learner.buffer.stage_sizes() and set(learner.buffer.stage_sizes()) == {0}
     assert len(learner.optimizer.state) == 0  # drift.reset_optimizer
     assert learner.detections[0]["learner_stage"] == 0
 
@@ -150,17 +149,17 @@ def test_replay_priorities_follow_the_distillation_loss():
     learner, _ = build_learner("replay.enabled=true")
     learner.step()
     learner.end_stage()
-    before = learner.replay.priorities(0)
+    before = learner.buffer.priorities(0)
     assert len(set(before.values())) == 1  # new items get the largest priority seen
     row = learner.step()
-    after = learner.replay.priorities(0)
+    after = learner.buffer.priorities(0)
     assert row["replay_policy_loss"] >= 0 and len(set(after.values())) > 1
 
 
 def test_resume_at_a_stage_boundary_matches_an_uninterrupted_run(tmp_path):
     extra = ["regularizer.kind=ewc", "replay.enabled=true", "drift.enabled=true"]
     whole = run_sequence(tiny_config(*extra, root=tmp_path / "a"))
-    part = run_sequence(tiny_config(*extra, "run.stop_after=4", root=tmp_path / "b"))
+    part = run_sequence(tiny_config(*extra, "run.stop_after=3", root=tmp_path / "b"))
     assert part.status == "stopped"
     status = json.loads((part.run.path / "status.json").read_text())
     assert status["status"] == "stopped" and status["stage"] == 1
@@ -170,8 +169,10 @@ def test_resume_at_a_stage_boundary_matches_an_uninterrupted_run(tmp_path):
     assert resumed.results["curves"] == whole.results["curves"]
     a = RunDir.open(whole.run.path).load_checkpoint()
     b = RunDir.open(resumed.run.path).load_checkpoint()
-    for name, p in a["learner"]["policy"].items():
-        assert torch.equal(p, b["learner"]["policy"][name]), name
+    policy_a = a["trainer"]["learner"]["trainer"]["policy"]
+    policy_b = b["trainer"]["learner"]["trainer"]["policy"]
+    for name, p in policy_a.items():
+        assert torch.equal(p, policy_b[name]), name
     rows_a = [r for r in RunDir.open(whole.run.path).read_metrics() if r.get("kind") != "eval"]
     rows_b = [r for r in RunDir.open(resumed.run.path).read_metrics() if r.get("kind") != "eval"]
     strip = ("steps_per_second",)
