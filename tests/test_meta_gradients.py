@@ -1,17 +1,15 @@
 """MAML meta-gradients: finite differences, the `higher` oracle, vmap vs loop, FOMAML, learned
-inner learning rates, the multi-step loss, and the layer-norm workaround."""
+inner learning rates and the multi-step loss (the composite layer norm: ``tests/test_norm.py``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad
 
 from metarl.meta import MAML, msl_weights
 from metarl.meta import functional as F
 from metarl.meta.batch import select_task
-from metarl.meta.exact_norms import composite_layer_norms
 from metarl.meta.testing import tiny_meta_batch, tiny_policy
 
 _CACHE: dict = {}
@@ -159,25 +157,3 @@ def test_multi_step_loss_weights_anneal_to_the_last_step_and_enter_the_loss():
     path, _ = learner._adapt_all(theta, s, None, False)
     expected = 0.25 * learner.outer_loss(path[0], q) + 0.75 * learner.outer_loss(path[1], q)
     assert float(loss) == pytest.approx(float(expected), abs=1e-14)
-
-
-def test_composite_layer_norm_agrees_with_native_and_keeps_vmapped_second_order_exact():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)).double()
-    xs = torch.randn(3, 5, 4, dtype=torch.float64)
-    theta = {k: v.detach() for k, v in net.named_parameters()}
-    with composite_layer_norms(net):
-        torch.testing.assert_close(
-            net(xs), nn.functional.layer_norm(net[0](xs), (4,), *net[1].parameters())
-        )
-    assert "forward" not in net[1].__dict__  # restored
-
-    def task(p, x):
-        g = grad(lambda q: (functional_call(net, q, (x,)) ** 3).sum())(p)
-        return (functional_call(net, F.add(p, g, -0.1), (1.5 * x,)) ** 2).sum()
-
-    with composite_layer_norms(net):
-        batched = grad(lambda p: vmap(task, in_dims=(None, 0))(p, xs).sum())(theta)
-    looped = grad(lambda p: sum(task(p, xs[i]) for i in range(3)))(theta)
-    for k in theta:
-        torch.testing.assert_close(batched[k], looped[k], rtol=1e-9, atol=1e-9)

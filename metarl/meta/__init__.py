@@ -10,7 +10,6 @@ surrogate), FOMAML, iMAML, Reptile, the MAML++ options, and Adam or TRPO outer s
 - :mod:`metarl.meta.adaptation`: :func:`adapt_eval` (returns before and after each adaptation
   step), the in-context and fine-tuning counterparts, and their 95%-CI summaries.
 - :mod:`metarl.meta.surrogates`: the inner/outer objectives and the estimator behind them.
-- :mod:`metarl.meta.exact_norms`: why layer norms are computed in composite form here.
 - :mod:`metarl.meta.testing`: the ``higher`` oracle (tests and benchmarks only) and tiny fixtures.
 """
 

@@ -8,22 +8,20 @@ meta-gradient is fused too). CUDA layers (mamba-ssm's kernel is first-order only
 pinned to ``backend="torch"`` use the pure-torch reference there. Either way the meta-gradients
 are exact to second order (and third, for MAML-TRPO's exact Fisher).
 
-The policy's layer norms are swapped for a composite form during these computations
-(:mod:`metarl.meta.exact_norms`: torch's fused layer norm has wrong higher derivatives under
-``vmap``). Before their first second-order meta-gradient the learners check the policy's Hessian-
-vector product against finite differences (:func:`second_order_error`; ``torch.func`` silently drops
-the second-order part of a ``@once_differentiable`` backward), and a policy that fails raises a
-``ValueError`` pointing to ``first_order=True``.
+The policy's layer norms are composite (:mod:`ssm.norm`: torch's fused layer norm has wrong
+higher derivatives under ``vmap``). Before their first second-order meta-gradient the learners
+check the policy's Hessian-vector product against finite differences (:func:`second_order_error`;
+``torch.func`` silently drops the second-order part of a ``@once_differentiable`` backward), and a
+policy that fails raises a ``ValueError`` pointing to ``first_order=True``.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
-import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -37,7 +35,6 @@ from ssm.policy import SequencePolicy
 
 from . import functional as F
 from .batch import BASELINES, Baseline, TaskBatch, select_task, task_batch, task_batches
-from .exact_norms import composite_layer_norms
 from .functional import LearningRates, Params
 from .surrogates import INNER_OBJECTIVES, InnerObjective, inner_loss, value_loss
 
@@ -56,18 +53,6 @@ class MetaGradient(NamedTuple):
     """gradient for each learned inner learning rate (None when they are fixed)"""
     stats: dict[str, float]
     """outer_loss, inner_loss, value_loss, adapt_distance, ..."""
-
-
-def exact(method: Callable) -> Callable:
-    """Run a learner method with the policy's layer norms in composite form (see
-    :mod:`metarl.meta.exact_norms`: the fused kernel's higher derivatives are wrong under vmap)."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with composite_layer_norms(self.policy):
-            return method(self, *args, **kwargs)
-
-    return wrapper
 
 
 def _check_lr_steps(inner_lr: float, inner_steps: int) -> None:
@@ -189,12 +174,10 @@ class MetaLearner(abc.ABC):
         return self.inner_steps if isinstance(support, TaskBatch) else len(support)
 
     # -- the inner loop -------------------------------------------------------------------------
-    @exact
     def inner_loss(self, params: Params, batch: TaskBatch) -> Tensor:
         """The inner surrogate of one task (see :mod:`metarl.meta.surrogates`)."""
         return inner_loss(self.policy, params, batch, self.inner_objective, self.clip_coef)
 
-    @exact
     def inner_step(
         self,
         params: Params,
@@ -214,7 +197,6 @@ class MetaLearner(abc.ABC):
     def adapt(self, params: Params | None, support: Support | Trajectory, steps=None) -> Params:
         """Adapted parameters of one task (implemented by each learner)."""
 
-    @exact
     def adapt_tasks(self, params: Params | None, supports: Support, steps=None) -> Params:
         """Adapted parameters for each task of stacked ``supports`` (detached, stacked)."""
         theta = F.detach(self._theta(params))
@@ -242,7 +224,6 @@ class MetaLearner(abc.ABC):
         return F.map_tasks(fn, args, in_dims, vectorize=False)
 
     # -- shared parts of the meta-gradient ------------------------------------------------------
-    @exact
     def value_gradient(self, supports: Support) -> tuple[Params, float]:
         """``vf_coef ∇ mean_tasks value_loss(θ; support)`` (first order; the critic is
         trained on the support returns of the un-adapted policy). Zeros without a critic."""
@@ -297,23 +278,20 @@ def second_order_error(
     v = {k: torch.randn(t.shape, generator=gen, dtype=t.dtype) for k, t in theta.items()}
     norm = F.sq_norm(v).sqrt()
     v = {k: t / norm for k, t in v.items()}
-    with composite_layer_norms(pol):
 
-        def fn(p):
-            return inner_loss(pol, p, b, objective)
+    def fn(p):
+        return inner_loss(pol, p, b, objective)
 
-        if forward_over_reverse:
-            hv = F.hvp(fn, theta, v)
-        else:  # as MAML.meta_gradient: ordinary autograd over a torch.func gradient
-            leaves = {k: t.clone().requires_grad_() for k, t in theta.items()}
-            with torch.enable_grad():
-                inner = F.dot(grad(fn)(leaves), v)
-                hs = torch.autograd.grad(inner, list(leaves.values()), allow_unused=True)
-            hv = {
-                k: torch.zeros_like(t) if h is None else h for (k, t), h in zip(theta.items(), hs)
-            }
-        eps = 1e-5 * max(1.0, float(F.sq_norm(theta).sqrt()))
-        g_plus, g_minus = grad(fn)(F.add(theta, v, eps)), grad(fn)(F.add(theta, v, -eps))
+    if forward_over_reverse:
+        hv = F.hvp(fn, theta, v)
+    else:  # as MAML.meta_gradient: ordinary autograd over a torch.func gradient
+        leaves = {k: t.clone().requires_grad_() for k, t in theta.items()}
+        with torch.enable_grad():
+            inner = F.dot(grad(fn)(leaves), v)
+            hs = torch.autograd.grad(inner, list(leaves.values()), allow_unused=True)
+        hv = {k: torch.zeros_like(t) if h is None else h for (k, t), h in zip(theta.items(), hs)}
+    eps = 1e-5 * max(1.0, float(F.sq_norm(theta).sqrt()))
+    g_plus, g_minus = grad(fn)(F.add(theta, v, eps)), grad(fn)(F.add(theta, v, -eps))
     fd = {k: (g_plus[k] - g_minus[k]) / (2 * eps) for k in theta}
     scale = max(float(F.sq_norm(fd).sqrt()), float(F.sq_norm(hv).sqrt()), 1e-12)
     return float(F.sq_norm(F.sub(hv, fd)).sqrt()) / scale

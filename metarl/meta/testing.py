@@ -64,8 +64,7 @@ def higher_meta_gradient(
     for p in params:
         p.grad = None
     n_tasks = supports.n_tasks
-    # No composite_layer_norms here: higher re-creates every module, and plain (non-vmap)
-    # second-order autograd through the native layer norm is exact.
+    # higher re-creates every module; the policy's norms stay composite (ssm.norm) there too.
     for i in range(n_tasks):
         sup, qry = select_task(supports, i), select_task(query, i)
         opt = torch.optim.SGD(params, lr=inner_lr)
