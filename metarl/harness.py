@@ -64,7 +64,7 @@ __all__ = [
 STATUS_FILE = "status.json"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(FloatingPointError):
     """A loss became NaN or inf; the run stopped and its last good checkpoint was kept."""
 
 
@@ -141,6 +141,8 @@ def restore(run: RunDir, trainer: Trainer) -> bool:
         run.rewind_metrics(-1)
         return False
     state = run.load_checkpoint("latest")
+    if "trainer" not in state:  # written before the one harness: the trainer's state inline
+        state = {"trainer": {k: v for k, v in state.items() if k != "rng"}, "rng": state["rng"]}
     trainer.load_state_dict(state["trainer"])
     restore_rng_state(state["rng"])
     dropped = run.rewind_metrics(trainer.global_step)

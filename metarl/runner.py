@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ssm.policy import SequencePolicy
+from ssm.util import mean_ci as _ci95
 from ssm.util import write_atomic
 
 from .backends import make_collector, require_ray
@@ -190,12 +191,6 @@ def _plot_keys(run: RunDir) -> list[str]:
 
 
 # --- evaluation -------------------------------------------------------------------------------
-
-
-def _ci95(x: np.ndarray) -> dict[str, float]:
-    x = np.asarray(x, dtype=np.float64)
-    half = 1.96 * np.std(x, ddof=1) / np.sqrt(len(x)) if len(x) > 1 else math.nan
-    return {"mean": float(np.mean(x)), "ci95": float(half), "n": len(x)}
 
 
 def evaluate(

@@ -42,7 +42,7 @@ def test_population_command_writes_a_complete_run_directory(tmp_path, capsys):
         run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip(),
         weights_only=True,
     )
-    assert ckpt["iteration"] == 3 and len(ckpt["members"]) == 2
+    assert ckpt["trainer"]["iteration"] == 3 and len(ckpt["trainer"]["members"]) == 2
     assert "run directory" in capsys.readouterr().out
 
 

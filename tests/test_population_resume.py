@@ -127,7 +127,7 @@ def test_resume_after_a_crash_drops_the_rows_logged_after_the_last_checkpoint(
     # iteration 3 is logged but not checkpointed (every 2)
     crashed = crash(config(tmp_path / "crashed", *PBT), monkeypatch, after=3)
     assert [r["iteration"] for r in crashed.read_metrics()] == [1, 2, 3]
-    assert crashed.load_checkpoint("latest")["iteration"] == 2
+    assert crashed.load_checkpoint("latest")["trainer"]["iteration"] == 2
 
     resumed, _ = resume_population(crashed.path)
     assert [r["iteration"] for r in resumed.read_metrics()] == list(range(1, ITERATIONS + 1))

@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 
+from ..cli_args import parse_config_args
 from ..config import ConfigError, field_docs, load_config
 from .config import PopulationConfig
 
@@ -48,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, doc in field_docs(PopulationConfig).items():
             print(f"{key:30s} {doc}")
         return 0
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        config, overrides = None, [config, *overrides]
+    config, overrides = parse_config_args(args.config, args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .train import open_for_resume, train_population  # after parsing: --help stays fast
 

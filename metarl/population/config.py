@@ -201,6 +201,8 @@ class PopulationRunConfig:
     """torch intra-op threads"""
     stop_after: int | None = None
     """stop (checkpointed, resumable) after this many iterations in this process"""
+    time_limit_minutes: float | None = None
+    """stop (checkpointed, resumable) once an iteration ends past this much wall time"""
 
 
 @dataclass

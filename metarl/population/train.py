@@ -7,8 +7,10 @@ and hyperparameters beside them), runs the emergence analysis every ``analysis.e
 iterations, applies PBT, checkpoints, and finally evaluates the best member into ``eval.json`` and
 draws ``plots/``.
 
-**Resuming.** Every ``run.checkpoint_every`` iterations (and when ``run.stop_after`` stops a run)
-an atomic, weights-only checkpoint (:meth:`RunDir.save_checkpoint`) stores the trainer's whole
+**Resuming.** The loop is the one harness's (:func:`metarl.harness.run_loop`). Every
+``run.checkpoint_every`` iterations (and whenever a run stops: ``run.stop_after``,
+``run.time_limit_minutes``, SIGINT/SIGTERM) an atomic, weights-only checkpoint
+(:meth:`RunDir.save_checkpoint`) stores the trainer's whole
 state: every member's parameters, optimiser, hyperparameters, self-play pool, generator and
 counter, the emergence and fitness windows, PBT's generator, and the global RNG states.
 :func:`resume_population` (``metarl population --resume RUN_DIR``) loads the latest readable one,
@@ -23,7 +25,6 @@ import io
 import json
 import logging
 import math
-import random
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ import torch
 
 from ssm.util import mean_ci, write_atomic
 
-from ..run_dir import RunDir, capture_rng_state, restore_rng_state
+from ..cli_args import check_resume_overrides
+from ..harness import restore, run_loop, seed_everything
+from ..run_dir import RunDir
 from ..tracking import Tracker
 from .analysis import (
     behavioural_diversity,
@@ -216,11 +219,6 @@ def _plot_all(run: RunDir) -> None:
     _plot_skills(run, records)
 
 
-def _status(run: RunDir, status: str, iteration: int, total: int, message: str | None = None):
-    body = {"status": status, "iteration": iteration, "iterations": total, "message": message}
-    write_atomic(run.path / STATUS_FILE, (json.dumps(body, indent=2) + "\n").encode())
-
-
 class PopulationTrainer:
     """The state of a population run between iterations: the PBT members, their emergence and
     fitness windows, PBT's schedule and the iteration counter; :meth:`step` runs one iteration."""
@@ -243,6 +241,7 @@ class PopulationTrainer:
         self.recent: list[deque[float]] = [deque(maxlen=cfg.pbt.window) for _ in self.members]
         self.pbt = PBT(cfg.pbt, cfg.seed) if cfg.pbt.members > 1 else None
         self.steps_per_iteration = cfg.env.num_envs * cfg.env.episode_len
+        self.iterations = cfg.iterations
         self.iteration = 0
 
     @property
@@ -308,7 +307,7 @@ class PopulationTrainer:
                 for ev in events:
                     log.info("PBT at iteration %d: %s", it, ev)
                     self.recent[ev["target"]].clear()
-        return out
+        return _scalars(out)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next iterations depend on (a weights-only checkpoint's content)."""
@@ -399,15 +398,9 @@ def open_for_resume(
     run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
 ) -> tuple[RunDir, PopulationConfig]:
     """The run directory and its config with ``overrides``, which may change only ``run.*`` and
-    ``logging.*`` settings (e.g. ``run.stop_after=null``); raises ``ValueError`` otherwise."""
+    ``logging.*`` settings (e.g. ``run.stop_after=null``); raises ``ConfigError`` otherwise."""
     run = RunDir.open(run_dir)
-    for o in overrides:
-        if not o.startswith(("run.", "logging.")):
-            raise ValueError(
-                f"resume override {o!r} would change the experiment; only run.* and logging.* "
-                "settings may change on resume"
-            )
-    return run, run.load_config(PopulationConfig, list(overrides))
+    return run, run.load_config(PopulationConfig, check_resume_overrides(overrides))
 
 
 def resume_population(
@@ -423,62 +416,26 @@ def _run(
     cfg: PopulationConfig, run: RunDir, resuming: bool
 ) -> tuple[RunDir, dict[str, Any] | None]:
     torch.set_num_threads(cfg.run.threads)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)  # noqa: NPY002 (seeds third-party code that uses it)
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     trainer = PopulationTrainer(cfg)
-    if resuming and run.checkpoints():
-        state = run.load_checkpoint("latest")
-        trainer.load_state_dict(state)
-        restore_rng_state(state["rng"])
-        dropped = run.rewind_metrics(trainer.global_step)
-        log.info(
-            "resumed %s at iteration %d (dropped %d metrics rows logged after the checkpoint)",
-            run.path,
-            trainer.iteration,
-            dropped,
-        )
-    elif resuming:  # killed before the first checkpoint: start over in the same directory
-        run.rewind_metrics(-1)
+    if resuming:
+        restore(run, trainer)
     tracker = Tracker(
         run, cfg.logging, cfg.iterations, trainer.iteration, run_config=cfg, resume=resuming
     )
-    _status(run, "running", trainer.iteration, cfg.iterations)
-    exit_code, ran = 1, 0
-    try:
-        while not trainer.done:
-            if cfg.run.stop_after is not None and ran >= cfg.run.stop_after:
-                if trainer.iteration % cfg.run.checkpoint_every:
-                    _checkpoint(run, trainer)
-                _status(run, "stopped", trainer.iteration, cfg.iterations)
-                exit_code = 0
-                return run, None
-            try:
-                out = trainer.step()
-            except FloatingPointError as e:
-                _status(run, "diverged", trainer.iteration + 1, cfg.iterations, str(e))
-                raise
-            ran += 1
-            tracker.log(trainer.global_step, _scalars(out))
-            if trainer.iteration % cfg.run.checkpoint_every == 0 or trainer.done:
-                _checkpoint(run, trainer)
+    results: list[dict[str, Any]] = []
+
+    def finish() -> None:
         best = trainer.best()
         learner = trainer.members[best]
-        results = trainer.evaluate(best, cfg.eval_episodes, seed=10**6 + cfg.seed)
-        results["best_member"] = best
-        results["hparams"] = dict(learner.hparams)
-        results["init_from_skills"] = learner.init_report
-        write_atomic(run.path / EVAL_FILE, (json.dumps(results, indent=2) + "\n").encode())
+        out = trainer.evaluate(best, cfg.eval_episodes, seed=10**6 + cfg.seed)
+        out["best_member"] = best
+        out["hparams"] = dict(learner.hparams)
+        out["init_from_skills"] = learner.init_report
+        write_atomic(run.path / EVAL_FILE, (json.dumps(out, indent=2) + "\n").encode())
         _plot_all(run)
-        tracker.summary({f"eval/{k}": v["mean"] for k, v in results["team_returns"].items()})
-        _status(run, "finished", cfg.iterations, cfg.iterations)
-        exit_code = 0
-        return run, results
-    finally:
-        tracker.close(exit_code)
-        trainer.close()
+        tracker.summary({f"eval/{k}": v["mean"] for k, v in out["team_returns"].items()})
+        results.append(out)
 
-
-def _checkpoint(run: RunDir, trainer: PopulationTrainer) -> None:
-    state = {**trainer.state_dict(), "rng": capture_rng_state()}
-    run.save_checkpoint(trainer.global_step, state, keep=trainer.cfg.run.keep_checkpoints)
+    run_loop(run, trainer, cfg.run, tracker, finish)
+    return run, (results[0] if results else None)
