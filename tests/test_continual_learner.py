@@ -271,3 +271,71 @@ def test_first_episode_stats_stop_at_each_envs_first_episode_end():
     returns, success = first_episode_stats(traj)
     np.testing.assert_array_equal(returns, [3.0, 3.0])
     np.testing.assert_array_equal(success, [0.0, 1.0])
+
+
+# -- a meta-learner inside the continual harness ----------------------------------------------
+
+# 2 stages x 2 outer iterations of 2 tasks x 2 episodes x 20 steps (support + query: 160 steps)
+TINY_META = [
+    "learner=maml",
+    "stage_steps=320",
+    "meta.meta_batch_size=2",
+    "meta.episodes_per_task=2",
+    "meta.inner_steps=1",
+    "meta.outer_lr=0.01",
+    "regularizer.kind=ewc",
+    "regularizer.strength=10.0",
+    "replay.enabled=true",
+]
+
+
+def test_maml_runs_inside_the_continual_harness_with_ewc_and_replay(tmp_path):
+    result = run_sequence(tiny_config(*TINY_META, root=tmp_path))
+    assert result.status == "finished"
+    assert np.array(result.results["R"]).shape == (2, 2)
+    assert result.results["stage_iterations"] == [2, 2]
+    rows = [r for r in result.run.read_metrics() if r.get("kind") != "eval"]
+    assert [r["stage"] for r in rows] == [0, 0, 1, 1]
+    assert all("post_return" in r and "outer_loss" in r for r in rows)  # MAML's own row
+    first, second = rows[:2], rows[2:]
+    # stage 0: no anchor and an empty buffer; stage 1: the EWC penalty (0 at the anchor, where
+    # stage 1 starts; then > 0) and the replay term act on the outer loss
+    assert all(r["penalty"] == 0.0 and "replay_policy_loss" not in r for r in first)
+    assert second[0]["penalty"] == 0.0 and second[1]["penalty"] > 0.0
+    # (the replayed chunks are relabelled by the policy stage 0 ended with: KL 0 there too)
+    assert second[0]["replay_policy_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert second[1]["replay_policy_loss"] > 0.0
+    state = RunDir.open(result.run.path).load_checkpoint()["trainer"]["learner"]
+    assert state["regularizer"]["num_consolidations"] == 2  # one per stage end
+    assert state["stage"] == 2
+
+
+def test_a_plugin_loss_on_the_outer_loss_adds_its_gradient_to_the_meta_gradient(monkeypatch):
+    """EWC on a MAML meta-initialisation is the same plugin as on PPO: its penalty's gradient at
+    θ is added to the meta-gradient, exactly."""
+    import metarl.meta.train as meta_train
+    from continual.regularizers import L2Anchor
+
+    cfg = tiny_config(*TINY_META[:-3])
+    built = prepare_curriculum(cfg).build()
+    seen = []
+    apply = meta_train._apply
+
+    def spy(optimizer, named, grads, max_norm):
+        seen.append({k: g.clone() for k, g in grads.items()})
+        return apply(optimizer, named, grads, max_norm)
+
+    monkeypatch.setattr(meta_train, "_apply", spy)
+    grads = []
+    for strength in (0.0, 3.0):
+        torch.manual_seed(0)
+        learner = ContinualLearner(build_policy(cfg, built), cfg, built)
+        params = dict(learner.policy.named_parameters())
+        anchor = L2Anchor(strength)
+        anchor.consolidate({k: torch.zeros_like(v) for k, v in params.items()})
+        learner.plugins.append(anchor)
+        theta = {k: v.detach().clone() for k, v in params.items()}
+        learner.step()
+        grads.append(seen[-1])
+    for name, g0 in grads[0].items():
+        torch.testing.assert_close(grads[1][name] - g0, 2 * 3.0 * theta[name], msg=name)

@@ -313,8 +313,8 @@ class MetaTrainer:
             return grads
         with torch.enable_grad():
             extra = self.plugins.loss(named, extras)
-        if extra is not None:
-            g = torch.autograd.grad(extra, list(named.values()), allow_unused=True)
+        if extra is not None and extra.requires_grad:  # (a penalty with no anchor yet is a
+            g = torch.autograd.grad(extra, list(named.values()), allow_unused=True)  # constant)
             grads = {
                 k: grads[k] if gk is None else grads[k] + gk.detach()
                 for (k, _), gk in zip(named.items(), g)
