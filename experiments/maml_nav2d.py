@@ -22,7 +22,7 @@ killed stage resumes with ``--run RUN_DIR``):
 2. the multi-task baseline: PPO on the train goals (one per env, not in-context, same
    architecture and seed) for the same number of env steps as meta-training; reused across
    ``--algo`` when the budget matches (``--runs``/multitask), or given with ``--multitask``;
-3. :func:`metarl.runner.adapt_evaluate` on ``--eval-tasks`` held-out goals x ``--eval-seeds``
+3. :func:`metarl.few_shot.adapt_evaluate` on ``--eval-tasks`` held-out goals x ``--eval-seeds``
    seeds: the return before and after one step for the meta-learned policy, the fine-tuned
    multi-task policy and the meta run's own initialisation ("scratch"), all on the same goals,
    start states, env seeds and support size (20 episodes), with 95% CIs over (goal, seed) pairs.
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from results_io import run_metadata
 
-from metarl import runner
+from metarl import few_shot, runner
 from metarl.config import config_to_dict
 from metarl.meta import MetaConfig
 from metarl.run_dir import RunDir
@@ -121,7 +121,7 @@ def run_experiment(
     print(f"multi-task baseline: {multitask.path}", flush=True)
 
     t0 = time.perf_counter()
-    results = runner.adapt_evaluate(run, baselines=True, multitask=multitask.path, **eval_kw)
+    results = few_shot.adapt_evaluate(run, baselines=True, multitask=multitask.path, **eval_kw)
     timing["adapt_eval_s"] = time.perf_counter() - t0
 
     meta = cfg.meta.algo
@@ -178,9 +178,9 @@ def run_experiment(
     for key in (f"{meta}_minus_multitask_after_{steps[last]}", f"{meta}_gain_minus_multitask_gain"):
         md.append(f"| {key} | {summary[key]['mean']:.3f} ± {summary[key]['ci95']:.3f} |")
     comparisons = md[-2:]
-    md += ["", runner.adapt_eval_markdown(results)]
+    md += ["", few_shot.adapt_eval_markdown(results)]
     write_text_atomic(out / f"{stem}.md", "\n".join(md))
-    print(runner.adapt_eval_markdown(results))
+    print(few_shot.adapt_eval_markdown(results))
     print("\n".join(["| comparison | mean ± 95% CI (Student-t) |", "|---|---|", *comparisons]))
     print(f"wrote {out / stem}.json and .md", flush=True)
     return payload

@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
             return 0
         if args.command == "adapt-eval":
-            return _adapt_eval(args, runner)
+            from . import few_shot
+
+            return _adapt_eval(args, few_shot)
         if args.command == "train":
             path, overrides = parse_config_args(args.config, args.overrides)
             run = runner.train(path, overrides)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _adapt_eval(args: argparse.Namespace, runner) -> int:
+def _adapt_eval(args: argparse.Namespace, few_shot) -> int:
     from .meta.adaptation import parse_steps
 
     try:
@@ -152,7 +154,7 @@ def _adapt_eval(args: argparse.Namespace, runner) -> int:
     if args.multitask is not None and not args.baselines:
         print("metarl adapt-eval: --multitask needs --baselines", file=sys.stderr)
         return 2
-    results = runner.adapt_evaluate(
+    results = few_shot.adapt_evaluate(
         args.run_dir,
         split=args.tasks,
         steps=steps,
@@ -165,7 +167,7 @@ def _adapt_eval(args: argparse.Namespace, runner) -> int:
         finetune_objective=args.finetune_objective,
         checkpoint=args.checkpoint,
     )
-    print(runner.adapt_eval_markdown(results))
+    print(few_shot.adapt_eval_markdown(results))
     print(f"wrote {results['run']}/adapt_eval.json, adapt_eval.md and plots/adapt_eval.png")
     return 0
 

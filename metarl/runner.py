@@ -1,7 +1,9 @@
-"""The experiment runner: a config in, a run directory out (train, resume, evaluate).
+"""The experiment runner: a config in, a run directory out (train, resume).
 
-``metarl train CONFIG [key=value ...]``, ``metarl eval RUN_DIR`` and ``metarl adapt-eval RUN_DIR``
-are thin wrappers over :func:`train`, :func:`resume`, :func:`evaluate` and :func:`adapt_evaluate`.
+``metarl train CONFIG [key=value ...]`` and ``metarl resume RUN_DIR`` are thin wrappers over
+:func:`train` and :func:`resume`; ``metarl eval`` over :func:`metarl.evaluation.evaluate` and
+``metarl adapt-eval`` over :func:`metarl.few_shot.adapt_evaluate`. The multi-task PPO baseline
+of a meta run is trained here too (:func:`find_or_train_multitask`).
 Three algorithms: ``rl2`` (in-context meta-RL), ``ppo`` (multi-task PPO) and ``maml`` (gradient
 meta-RL; ``meta.algo`` picks MAML, FOMAML, iMAML or Reptile).
 
@@ -25,19 +27,17 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 
 from ssm.policy import SequencePolicy
-from ssm.util import mean_ci as _ci95
-from ssm.util import write_atomic
 
 from .backends import make_collector, require_ray
 from .config import ConfigError, config_to_dict, load_config
+from .evaluation import evaluate
 from .harness import (
     STATUS_FILE,
     TrainingDiverged,
@@ -46,21 +46,20 @@ from .harness import (
     run_loop,
     seed_everything,
 )
-from .meta import MetaTrainer, adapt_eval, make_learner
-from .meta.adaptation import (
-    curves_markdown,
-    finetune_learner,
-    in_context_eval,
-    plot_curves,
-    summarize_curves,
-)
-from .meta.train import restore_inner_lrs
+from .meta import MetaTrainer
 from .ppo import PPOConfig, PPOTrainer
-from .rl2 import RL2Trainer, evaluate_trials
+from .rl2 import RL2Trainer
 from .run_dir import RunDir
-from .tasks import TaskFamily, make_family
+from .tasks import TaskFamily
 from .tracking import LoggingConfig, Tracker
-from .train_config import EvalConfig, PolicyConfig, RunConfig, TrainConfig
+from .train_config import (
+    EvalConfig,
+    PolicyConfig,
+    RunConfig,
+    TrainConfig,
+    build_family,
+    build_policy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,6 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "TrainingDiverged",
-    "adapt_evaluate",
     "evaluate",
     "find_or_train_multitask",
     "resume",
@@ -79,19 +77,6 @@ __all__ = [
 
 
 # --- building blocks --------------------------------------------------------------------------
-
-
-def build_family(cfg: TrainConfig) -> TaskFamily:
-    family = make_family(cfg.family, **cfg.family_kwargs)
-    if cfg.max_episode_steps is not None:
-        if cfg.max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be >= 1, got {cfg.max_episode_steps}")
-        family.max_episode_steps = cfg.max_episode_steps
-    return family
-
-
-def build_policy(cfg: TrainConfig, family: TaskFamily) -> SequencePolicy:
-    return cfg.policy.build(family.observation_space, family.action_space, cfg.algo == "rl2")
 
 
 def check_backend(cfg: TrainConfig) -> None:
@@ -190,172 +175,6 @@ def _plot_keys(run: RunDir) -> list[str]:
     return [k for k in wanted if plottable(k)]
 
 
-# --- evaluation -------------------------------------------------------------------------------
-
-
-def evaluate(
-    run: RunDir | str | Path,
-    checkpoint: str = "latest",
-    cfg: TrainConfig | None = None,
-    policy: SequencePolicy | None = None,
-    family: TaskFamily | None = None,
-    overrides: Iterable[str] = (),
-) -> dict:
-    """Evaluate a run's policy on held-out tasks; writes ``eval.json`` and ``plots/eval.png``.
-
-    In-context (RL²) policies play one trial per task and are scored per episode of the trial
-    (so adaptation shows as later episodes beating earlier ones); on bandits the cumulative
-    pseudo-regret is reported next to random, UCB1 and Thompson sampling on the same tasks.
-    Multi-task PPO policies play one episode per task. Gradient meta-learners (``maml``) are
-    scored before adaptation and after each of ``eval.adapt_steps`` inner steps on
-    ``meta.episodes_per_task`` sampled episodes per task (see :func:`metarl.meta.adapt_eval`).
-    Results are mean ± 95% CI over tasks (and seeds).
-    """
-    run = run if isinstance(run, RunDir) else RunDir.open(run)
-    if cfg is None:
-        cfg = run.load_config(TrainConfig)
-    if overrides:
-        cfg = load_config(TrainConfig, _with_overrides(cfg), overrides)
-    if family is None:
-        family = build_family(cfg)
-    if policy is None:
-        seed_everything(cfg.seed)
-        policy = build_policy(cfg, family)
-        state = run.load_checkpoint(checkpoint)
-        policy.load_state_dict(state["trainer"]["policy"])
-    policy.eval()
-    if cfg.algo == "maml":
-        return _evaluate_adaptation(run, cfg, policy, family, checkpoint)
-    e = cfg.eval
-    tasks = family.sample(e.tasks, split=e.split, seed=e.seed)
-    episodes = cfg.rl2.episodes_per_trial if cfg.algo == "rl2" else 1
-    if cfg.algo == "rl2":
-        out = evaluate_trials(
-            policy, family, tasks, episodes, seed=e.seed, deterministic=e.deterministic
-        )
-    else:
-        out = _evaluate_episodes(policy, family, tasks, e.seed, e.deterministic)
-    per_episode = out["episode_returns"]  # (tasks, episodes)
-    results: dict[str, Any] = {
-        "family": cfg.family,
-        "algo": cfg.algo,
-        "split": e.split,
-        "tasks": len(tasks),
-        "episodes_per_trial": episodes,
-        "episode_return": [_ci95(per_episode[:, i]) for i in range(episodes)],
-    }
-    if family.reports_success:  # per episode: success at any step of it
-        results["success"] = [_ci95(s.max(-1)) for s in np.split(out["success"], episodes, axis=1)]
-    if episodes > 1:
-        results["improvement_last_minus_first"] = _ci95(per_episode[:, -1] - per_episode[:, 0])
-    headline = {"eval/return_ep1": results["episode_return"][0]["mean"]}
-    if episodes > 1:
-        headline[f"eval/return_ep{episodes}"] = results["episode_return"][-1]["mean"]
-    if cfg.family == "bandit" and cfg.algo == "rl2":
-        results["regret"] = _bandit_regret(tasks, out["actions"], e.seed)
-        headline["eval/regret"] = results["regret"]["policy"]["mean"]
-    results["headline"] = headline
-    results["checkpoint"] = checkpoint
-    write_atomic(run.path / "eval.json", (json.dumps(results, indent=2) + "\n").encode())
-    _plot_eval(run, results)
-    return results
-
-
-def _with_overrides(cfg: TrainConfig) -> dict:
-    from .config import config_to_dict
-
-    return config_to_dict(cfg)
-
-
-def _bandit_regret(tasks, actions: np.ndarray, seed: int) -> dict:
-    from .tasks.bandit import CLASSIC_PLAYERS, pseudo_regret
-
-    probs = [np.asarray(t.param("probs")) for t in tasks]
-    horizon = actions.shape[1]
-    table = {"policy": _ci95([pseudo_regret(p, a.reshape(-1)) for p, a in zip(probs, actions)])}
-    rng = np.random.default_rng(seed)
-    for name, play in CLASSIC_PLAYERS.items():
-        table[name] = _ci95([pseudo_regret(p, play(p, horizon, rng)) for p in probs])
-    return table
-
-
-def _evaluate_episodes(policy, family, tasks, seed: int, deterministic: bool) -> dict:
-    from .rollout import Rollout
-
-    envs = family.make_vector_env(list(tasks), seed=seed)
-    rollout = Rollout(policy, envs, generator=torch.Generator().manual_seed(seed), seed=seed)
-    with torch.no_grad():
-        traj = rollout.collect(family.max_episode_steps, deterministic=deterministic)
-    envs.close()
-    rewards = traj.rewards.T.double().numpy()
-    return {
-        "episode_returns": rewards.sum(-1, keepdims=True),
-        "success": traj.success.T.double().numpy(),
-    }
-
-
-def _plot_eval(run: RunDir, results: dict) -> Path:
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 3.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    eps = results["episode_return"]
-    x = np.arange(1, len(eps) + 1)
-    ax.bar(x, [r["mean"] for r in eps], yerr=[r["ci95"] for r in eps], capsize=4)
-    ax.set_xticks(x)
-    ax.set_xlabel("episode in trial")
-    ax.set_ylabel("return (mean ± 95% CI)")
-    ax.set_title(f"{results['family']} ({results['split']} tasks, n={results['tasks']})")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return write_atomic(run.plot_dir / "eval.png", buf.getvalue())
-
-
-# --- gradient meta-learners: adaptation evaluation and baselines ------------------------------
-
-
-def _meta_learner(cfg: TrainConfig, policy: SequencePolicy, state: dict):
-    learner = make_learner(policy, cfg.meta)
-    restore_inner_lrs(learner, state["trainer"]["inner_lrs"])
-    return learner
-
-
-def _evaluate_adaptation(run: RunDir, cfg: TrainConfig, policy, family, checkpoint: str) -> dict:
-    e = cfg.eval
-    steps = cfg.meta.inner_steps if e.adapt_steps is None else e.adapt_steps
-    tasks = family.sample(e.tasks, split=e.split, seed=e.seed)
-    seeds = [e.seed + i for i in range(e.seeds)]
-    learner = _meta_learner(cfg, policy, run.load_checkpoint(checkpoint))
-    curves = adapt_eval(
-        policy, family, learner, tasks, steps, cfg.meta.episodes_per_task, seeds, cfg.meta.num_steps
-    )
-    summary = summarize_curves(curves, range(steps + 1))
-    results: dict[str, Any] = {
-        "family": cfg.family,
-        "algo": cfg.algo,
-        "meta_algo": cfg.meta.algo,
-        "split": e.split,
-        "tasks": len(tasks),
-        "episodes": cfg.meta.episodes_per_task,
-        "seeds": seeds,
-        **summary,
-    }
-    results["headline"] = {
-        "eval/return_pre": summary["return"][0]["mean"],
-        f"eval/return_step{steps}": summary["return"][-1]["mean"],
-    }
-    results["checkpoint"] = checkpoint
-    write_atomic(run.path / "eval.json", (json.dumps(results, indent=2) + "\n").encode())
-    title = f"{cfg.family}: {cfg.meta.algo} ({e.split} tasks, n={len(tasks)})"
-    write_atomic(run.plot_dir / "eval.png", plot_curves({cfg.meta.algo: summary}, title, "step"))
-    return results
-
-
 def _experiment(cfg: TrainConfig) -> dict:
     """What defines a run's result: the config without its run.* and logging.* settings."""
     d = config_to_dict(cfg)
@@ -432,146 +251,3 @@ def find_or_train_multitask(
             return resume(path)
     log.info("training the multi-task PPO baseline (%d env steps) under %s", budget, root)
     return train(mt)
-
-
-def _load_policy(run: RunDir, cfg: TrainConfig, family: TaskFamily, checkpoint: str):
-    seed_everything(cfg.seed)
-    policy = build_policy(cfg, family)
-    state = run.load_checkpoint(checkpoint)
-    policy.load_state_dict(state["trainer"]["policy"])
-    policy.eval()
-    return policy, state
-
-
-def adapt_evaluate(
-    run: RunDir | str | Path,
-    split: Literal["train", "test"] = "test",
-    steps: int | Sequence[int] = 1,
-    episodes: int | None = None,
-    seeds: int = 3,
-    num_tasks: int | None = None,
-    baselines: bool = False,
-    multitask: str | Path | None = None,
-    multitask_ppo: dict[str, Any] | None = None,
-    inner_lr: float | None = None,
-    finetune_objective: Literal["vpg", "ppo"] = "vpg",
-    checkpoint: str = "latest",
-) -> dict:
-    """Few-shot adaptation of a run's policy on ``num_tasks`` (default ``eval.tasks``) tasks of
-    ``split``: return and success before adaptation and after each step (an int ``S``: steps
-    ``0..S``; or the list of steps to report), as mean ± 95% CI over tasks and ``seeds`` seeds.
-
-    * maml runs: inner steps of the run's own learner on ``episodes`` (default
-      ``meta.episodes_per_task``) freshly sampled episodes per task and step;
-    * rl2 runs: one trial of ``S + 1`` episodes per task (``episodes`` trials per task, averaged),
-      step ``s`` being episode ``s + 1``;
-    * ppo runs: the multi-task policy fine-tuned as below.
-
-    With ``baselines``, on the same tasks, seeds and support budget: ``multitask_finetune``, a
-    multi-task PPO policy (the run dir ``multitask``, else :func:`find_or_train_multitask` with
-    the same env-step budget) fine-tuned by SGD steps on the VPG (or PPO) surrogate at the inner lr
-    (``inner_lr``, default ``meta.inner_lr``); and ``scratch``, the run's own initialisation (the
-    same seed; not in-context) adapted by the same steps.
-
-    Writes ``adapt_eval.json``, ``adapt_eval.md`` and ``plots/adapt_eval.png`` into the run dir and
-    returns the JSON's content.
-    """
-    run = run if isinstance(run, RunDir) else RunDir.open(run)
-    cfg = run.load_config(TrainConfig)
-    family = build_family(cfg)
-    report = list(range(steps + 1)) if isinstance(steps, int) else sorted({int(k) for k in steps})
-    if not report or report[0] < 0:
-        raise ValueError(f"steps must be >= 0, got {steps!r}")
-    last = report[-1]
-    policy, state = _load_policy(run, cfg, family, checkpoint)
-    tasks = family.sample(num_tasks or cfg.eval.tasks, split=split, seed=cfg.eval.seed)
-    seed_list = [cfg.eval.seed + i for i in range(seeds)]
-    k = episodes or cfg.meta.episodes_per_task
-    length = (cfg.meta.num_steps if cfg.algo == "maml" else None) or family.max_episode_steps
-    lr = cfg.meta.inner_lr if inner_lr is None else float(inner_lr)
-
-    def finetuned(pol):
-        learner = finetune_learner(pol, cfg.meta, lr, finetune_objective)
-        return adapt_eval(pol, family, learner, tasks, last, k, seed_list, length)
-
-    curves: dict[str, dict] = {}
-    budgets = {"run": int(state["trainer"]["global_step"])}
-    if cfg.algo == "maml":
-        learner = _meta_learner(cfg, policy, state)
-        curves[cfg.meta.algo] = adapt_eval(
-            policy, family, learner, tasks, last, k, seed_list, length
-        )
-        x_label = "gradient step"
-    elif cfg.algo == "rl2":
-        curves["rl2"] = in_context_eval(policy, family, tasks, last, k, seed_list)
-        x_label = "step (rl2: episode of the trial - 1; others: gradient steps)"
-    else:
-        curves["multitask_finetune"] = finetuned(policy)
-        x_label = "gradient step"
-    multitask_run = None
-    if baselines:
-        if cfg.algo != "ppo":
-            if multitask is not None:
-                multitask_run = RunDir.open(multitask)
-            else:
-                multitask_run = find_or_train_multitask(
-                    run, ppo=multitask_ppo, checkpoint=checkpoint
-                )
-            mt_cfg = multitask_run.load_config(TrainConfig)
-            same = ("family", "family_kwargs", "max_episode_steps")
-            if mt_cfg.algo != "ppo" or any(getattr(mt_cfg, f) != getattr(cfg, f) for f in same):
-                raise ValueError(
-                    f"{multitask_run.path} is not a multi-task PPO run on this run's family "
-                    f"({mt_cfg.algo} on {mt_cfg.family} {mt_cfg.family_kwargs})"
-                )
-            mt_policy, mt_state = _load_policy(multitask_run, mt_cfg, family, "latest")
-            budgets["multitask"] = int(mt_state["trainer"]["global_step"])
-            curves["multitask_finetune"] = finetuned(mt_policy)
-        seed_everything(cfg.seed)
-        scratch = build_policy(dataclasses.replace(cfg, algo="ppo"), family)
-        curves["scratch"] = finetuned(scratch)
-    summaries = {name: summarize_curves(c, report) for name, c in curves.items()}
-    results: dict[str, Any] = {
-        "run": str(run.path),
-        "checkpoint": checkpoint,
-        "algo": cfg.algo,
-        "meta_algo": cfg.meta.algo if cfg.algo == "maml" else None,
-        "family": cfg.family,
-        "split": split,
-        "num_tasks": len(tasks),
-        "seeds": seed_list,
-        "episodes": k,
-        "episode_steps": length,
-        "support_episodes": k * max(1, length // family.max_episode_steps),
-        "x": x_label,
-        "finetune": {"inner_lr": lr, "objective": finetune_objective},
-        "env_steps": budgets,
-        "multitask_run": None if multitask_run is None else str(multitask_run.path),
-        "methods": summaries,
-        "tasks": [t.to_dict() for t in tasks],
-        "curves": {
-            name: {key: np.asarray(c[key]).tolist() for key in ("returns", "success")}
-            for name, c in curves.items()
-        },
-    }
-    write_atomic(run.path / "adapt_eval.json", (json.dumps(results, indent=1) + "\n").encode())
-    table = adapt_eval_markdown(results)
-    write_atomic(run.path / "adapt_eval.md", table.encode())
-    title = f"{cfg.family} ({split} tasks, n={len(tasks)}, {len(seed_list)} seeds, {k} episodes)"
-    write_atomic(run.plot_dir / "adapt_eval.png", plot_curves(summaries, title, "step"))
-    return results
-
-
-def adapt_eval_markdown(results: dict) -> str:
-    """The ``adapt_eval.json`` content as a markdown report (header and tables)."""
-    head = (
-        f"# Adaptation on {results['family']} ({results['split']} tasks)\n\n"
-        f"{results['num_tasks']} tasks x {len(results['seeds'])} seeds; per task and step "
-        f"{results['support_episodes']} episodes ({results['episodes']} envs x "
-        f"{results['episode_steps']} steps); fine-tuning: SGD on the "
-        f"{results['finetune']['objective']} surrogate, lr {results['finetune']['inner_lr']:g}; "
-        f"env steps: {results['env_steps']}. Mean ± 95% CI over (task, seed) pairs.\n\n"
-    )
-    return head + curves_markdown(
-        results["methods"], results["methods"][next(iter(results["methods"]))]["steps"], "step"
-    )

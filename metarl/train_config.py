@@ -16,9 +16,10 @@ from .backends import RayConfig
 from .meta import MetaConfig
 from .ppo import PPOConfig
 from .rl2 import RL2Config
+from .tasks import TaskFamily, make_family
 from .tracking import LoggingConfig
 
-__all__ = ["EvalConfig", "PolicyConfig", "RunConfig", "TrainConfig"]
+__all__ = ["EvalConfig", "PolicyConfig", "RunConfig", "TrainConfig", "build_family", "build_policy"]
 
 
 @dataclass
@@ -124,3 +125,16 @@ class TrainConfig:
     """where rollouts run (rl2, maml): in this process, or in task slices on Ray actors"""
     ray: RayConfig = field(default_factory=RayConfig)
     """the Ray backend (backend=ray): cluster address, workers, fault tolerance"""
+
+
+def build_family(cfg: TrainConfig) -> TaskFamily:
+    family = make_family(cfg.family, **cfg.family_kwargs)
+    if cfg.max_episode_steps is not None:
+        if cfg.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {cfg.max_episode_steps}")
+        family.max_episode_steps = cfg.max_episode_steps
+    return family
+
+
+def build_policy(cfg: TrainConfig, family: TaskFamily) -> SequencePolicy:
+    return cfg.policy.build(family.observation_space, family.action_space, cfg.algo == "rl2")

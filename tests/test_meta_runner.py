@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from metarl import cli, runner
+from metarl import cli, few_shot, runner
 from metarl.config import load_config
 from metarl.meta import MetaTrainer
 from metarl.meta.adaptation import parse_steps
@@ -166,7 +166,7 @@ def test_adapt_eval_of_an_rl2_run_is_its_per_episode_trial_curve(tmp_path):
         ],
     )
     run = runner.train(cfg)
-    results = runner.adapt_evaluate(run, steps=1, episodes=1, seeds=1)
+    results = few_shot.adapt_evaluate(run, steps=1, episodes=1, seeds=1)
     assert list(results["methods"]) == ["rl2"]
     # one trial per task with the eval seed: exactly the trials `metarl eval` played
     evaluated = json.loads((run.path / "eval.json").read_text())["episode_return"]
