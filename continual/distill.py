@@ -36,7 +36,8 @@ from metarl.plugins import Plugin, StageEnd
 from metarl.trajectory import Trajectory
 from ssm.heads import CategoricalHead, GaussianHead, MultiDiscreteHead
 
-from .replay import ReplayBatch, ReplayBuffer, chunk_start_states
+from .chunk_states import chunk_start_states
+from .replay import ReplayBatch, ReplayBuffer
 
 __all__ = ["ReplayDistillation", "distillation_losses", "head_kl", "skip_burn_in"]
 

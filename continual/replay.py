@@ -63,6 +63,8 @@ from torch import Tensor
 
 from metarl.trajectory import Trajectory
 
+from .chunk_states import chunk_start_states
+from .replay_storage import RingArrays, allocate_counts
 from .sum_tree import SumTree
 
 __all__ = [
@@ -226,81 +228,6 @@ class ReplayBatch:
         )
 
 
-def allocate_counts(total: int, weights: np.ndarray, caps: np.ndarray | None = None) -> np.ndarray:
-    """Whole-number counts summing to ``total`` in proportion to ``weights``, none above its
-    cap.
-
-    Largest-remainder rounding (ties to the lower index). What a capped pool cannot take goes to
-    the others in proportion to their weights, or, where every uncapped pool has weight 0, to
-    their caps (sizes). Raises if the caps cannot hold ``total``.
-    """
-    w = np.asarray(weights, dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError("weights must be finite and >= 0")
-    cap = np.full(w.size, total, np.int64) if caps is None else np.asarray(caps, np.int64)
-    if cap.size != w.size or np.any(cap < 0):
-        raise ValueError("caps must be one non-negative int per weight")
-    if total < 0:
-        raise ValueError(f"total must be >= 0, got {total}")
-    if cap.sum() < total:
-        raise ValueError(f"the caps hold {int(cap.sum())} < {total}")
-    counts = np.zeros(w.size, dtype=np.int64)
-    remaining = int(total)
-    while remaining > 0:
-        open_ = counts < cap
-        share = np.where(open_, w, 0.0)
-        if share.sum() <= 0:  # only zero-weight pools have room: fill them by size
-            share = np.where(open_, cap.astype(np.float64), 0.0)
-        exact = remaining * share / share.sum()
-        give = np.floor(exact).astype(np.int64)
-        left = remaining - int(give.sum())
-        if left > 0:  # largest remainders first; stable sort keeps ties in index order
-            order = np.argsort(-(exact - give), kind="stable")
-            order = order[share[order] > 0][:left]
-            give[order] += 1
-        give = np.minimum(give, cap - counts)
-        counts += give
-        remaining -= int(give.sum())
-    return counts
-
-
-class _Ring:
-    """Preallocated per-field arrays of ``capacity`` rows, in memory or as .npy memmaps."""
-
-    def __init__(self, capacity: int, directory: str | None):
-        self.capacity = capacity
-        self.directory = None if directory is None else Path(directory)
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        full = (self.capacity, *shape)
-        if self.directory is None:
-            arr = np.zeros(full, dtype=dtype)
-        else:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / (name.replace("/", "__") + ".npy")
-            arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=full)
-        self.arrays[name] = arr
-        return arr
-
-    def write(self, name: str, start: int, values: np.ndarray) -> None:
-        """Rows ``start .. start + len(values)`` (mod capacity) <- values (at most 2 copies)."""
-        arr, n = self.arrays[name], len(values)
-        first = min(n, self.capacity - start)
-        arr[start : start + first] = values[:first]
-        if first < n:
-            arr[: n - first] = values[first:]
-
-    def flush(self) -> None:
-        for arr in self.arrays.values():
-            if isinstance(arr, np.memmap):
-                arr.flush()
-
-    @property
-    def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in self.arrays.values()))
-
-
 def _to_numpy(name: str, value: Any, sequence_ok: bool = False) -> np.ndarray:
     if isinstance(value, Tensor):
         return value.detach().cpu().numpy()
@@ -346,8 +273,8 @@ class ReplayBuffer:
         self.capacity, self.L, self.stride = cfg.capacity, cfg.chunk_len, cfg.chunk_stride
         self.item_capacity = cfg.item_capacity
         directory = cfg.directory if cfg.storage == "memmap" else None
-        self._ring = _Ring(cfg.capacity, directory)
-        self._items = _Ring(
+        self._ring = RingArrays(cfg.capacity, directory)
+        self._items = RingArrays(
             self.item_capacity, None if directory is None else str(Path(directory) / "items")
         )
         self._specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
@@ -912,40 +839,3 @@ def _check_schema(state: Mapping[str, Any]) -> dict[str, Any]:
             f"(this code reads {SCHEMA_VERSION})"
         )
     return state["meta"]
-
-
-@torch.no_grad()
-def chunk_start_states(
-    policy: torch.nn.Module,
-    traj: Trajectory,
-    starts: np.ndarray,
-    params: Mapping[str, Tensor] | None = None,
-) -> Any:
-    """The policy state before each step in ``starts`` (sorted, starting at 0), as a pytree of
-    ``(B, K, ...)`` leaves: the policy runs in sequence mode from ``traj.initial_state`` over
-    ``[starts[k], starts[k+1])``, with the recorded resets and in-context inputs."""
-    starts = [int(s) for s in starts]
-    if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
-        raise ValueError(f"starts must be increasing and begin at 0, got {starts}")
-    in_context = getattr(policy, "in_context", False)
-
-    def run(state, a: int, b: int):
-        sl = slice(a, b)
-        kwargs: dict[str, Any] = {"state": state, "resets": traj.resets[sl].transpose(0, 1)}
-        if in_context:
-            kwargs.update(
-                prev_action=traj.prev_actions[sl].transpose(0, 1),
-                prev_reward=traj.prev_rewards[sl].transpose(0, 1),
-                prev_done=traj.prev_dones[sl].transpose(0, 1),
-            )
-        obs = traj.obs[sl].transpose(0, 1)
-        if params is None:
-            _, new_state = policy(obs, **kwargs)
-        else:
-            _, new_state = torch.func.functional_call(policy, dict(params), (obs,), kwargs)
-        return new_state
-
-    states = [traj.initial_state]
-    for a, b in zip(starts, starts[1:]):
-        states.append(run(states[-1], a, b))
-    return pytree.tree_map(lambda *xs: torch.stack(xs, dim=1), *states)

@@ -64,6 +64,7 @@ from . import metrics as cw
 from .config import SequenceConfig
 from .evaluation import SequenceEvaluator
 from .learner import ContinualLearner
+from .report import metrics_table, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,6 @@ __all__ = [
 
 STATUS_FILE = "status.json"
 CURRICULUM_FILE = "curriculum.yaml"
-RESULTS_FILE = "results.json"
-TABLE_FILE = "metrics.md"
 REFERENCE_FILE = "reference.json"
 HARNESS_SCHEMA_VERSION = 2
 
@@ -421,7 +420,7 @@ class SequenceRun:
                 summary["detection"] = self._detection_summary()
         results["summary"] = summary
         if self.run is not None and status == "finished":
-            self._write_outputs(results)
+            write_outputs(self.run, results, self.curriculum.name)
         return SequenceResult(status, summary, results, self.run)
 
     def _performance_matrix(self) -> np.ndarray:
@@ -467,25 +466,6 @@ class SequenceRun:
             "false_alarms_per_1M_steps": scores.false_alarms / self.schedule.total_steps * 1e6,
             "detection_steps": steps,
         }
-
-    def _write_outputs(self, results: dict[str, Any]) -> None:
-        run = self.run
-        write_atomic(run.path / RESULTS_FILE, (json.dumps(results, indent=1) + "\n").encode())
-        write_atomic(run.path / "R.json", (json.dumps(results["R"]) + "\n").encode())
-        table = metrics_table(results)
-        write_atomic(run.path / TABLE_FILE, table.encode())
-        names = results["stages"]
-        cw.plot_performance_matrix(
-            results["R"], run.plot_dir / "R.png", names, title=f"{self.curriculum.name}: R[i, j]"
-        )
-        cw.plot_task_curves(
-            results["eval_steps"],
-            results["curves"],
-            run.plot_dir / "curves.png",
-            boundaries=results["boundaries"],
-            task_names=names,
-            title=f"{self.curriculum.name}: per-stage score",
-        )
 
     # -- reference ------------------------------------------------------------------------------
     def _reference(self) -> list[dict] | None:
@@ -560,47 +540,3 @@ class SequenceRun:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(cache_path, (json.dumps(fresh, indent=1) + "\n").encode())
         return entry
-
-
-# --- the metrics table ------------------------------------------------------------------------
-
-
-def metrics_table(results: dict[str, Any]) -> str:
-    """The run's metrics as markdown: headline numbers, then per-stage R row and forgetting."""
-    s = results["summary"]
-    lines = [
-        f"# {results['curriculum']}: {len(results['stages'])} stages, "
-        f"{results['global_step']:,} env steps, boundaries {results['boundaries_mode']}",
-        "",
-        "| metric | value |",
-        "| --- | --- |",
-    ]
-
-    def fmt(v: Any) -> str:
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-    lines.append(f"| average performance | {fmt(s.get('average_performance'))} |")
-    lines.append(f"| forgetting | {fmt(s.get('forgetting'))} |")
-    lines.append(f"| forward transfer | {fmt(s.get('forward_transfer'))} |")
-    d = s.get("detection")
-    if d:
-        lines.append(f"| switches detected | {d['detected']}/{d['switches']} |")
-        lines.append(
-            f"| mean detection delay | {fmt(d['mean_delay_steps'])} steps "
-            f"({fmt(d['mean_delay_iterations'])} iterations) |"
-        )
-        lines.append(f"| false alarms | {d['false_alarms']} |")
-    lines.append(f"| learner stages | {results['learner_stages']} |")
-    lines.append(f"| wall time | {results['wall_time_s']:.0f} s |")
-    if "R" in results:
-        names = results["stages"]
-        lines += ["", "R[i, j]: score on stage j's tasks after stage i", ""]
-        lines.append("| after \\ task | " + " | ".join(names) + " |")
-        lines.append("| --- " * (len(names) + 1) + "|")
-        for name, row in zip(names, results["R"]):
-            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
-        lines += ["", "| stage | forgetting | forward transfer |", "| --- | --- | --- |"]
-        ft = s.get("forward_transfer_per_stage", [None] * len(names))
-        for name, f, t in zip(names, s["forgetting_per_stage"], ft):
-            lines.append(f"| {name} | {fmt(f)} | {fmt(t)} |")
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""What a finished continual run writes: ``results.json``, ``R.json``, the metrics table
+(``metrics.md``, :func:`metrics_table`) and the plots (the R heatmap, per-stage curves)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from metarl.run_dir import RunDir
+from ssm.util import write_atomic
+
+from . import metrics as cw
+
+__all__ = ["RESULTS_FILE", "TABLE_FILE", "metrics_table", "write_outputs"]
+
+RESULTS_FILE = "results.json"
+TABLE_FILE = "metrics.md"
+
+
+def write_outputs(run: RunDir, results: dict[str, Any], name: str) -> None:
+    """results.json, R.json, metrics.md and the R heatmap and per-stage curves of a finished run."""
+    write_atomic(run.path / RESULTS_FILE, (json.dumps(results, indent=1) + "\n").encode())
+    write_atomic(run.path / "R.json", (json.dumps(results["R"]) + "\n").encode())
+    table = metrics_table(results)
+    write_atomic(run.path / TABLE_FILE, table.encode())
+    names = results["stages"]
+    cw.plot_performance_matrix(
+        results["R"], run.plot_dir / "R.png", names, title=f"{name}: R[i, j]"
+    )
+    cw.plot_task_curves(
+        results["eval_steps"],
+        results["curves"],
+        run.plot_dir / "curves.png",
+        boundaries=results["boundaries"],
+        task_names=names,
+        title=f"{name}: per-stage score",
+    )
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    """The run's metrics as markdown: headline numbers, then per-stage R row and forgetting."""
+    s = results["summary"]
+    lines = [
+        f"# {results['curriculum']}: {len(results['stages'])} stages, "
+        f"{results['global_step']:,} env steps, boundaries {results['boundaries_mode']}",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+    ]
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    lines.append(f"| average performance | {fmt(s.get('average_performance'))} |")
+    lines.append(f"| forgetting | {fmt(s.get('forgetting'))} |")
+    lines.append(f"| forward transfer | {fmt(s.get('forward_transfer'))} |")
+    d = s.get("detection")
+    if d:
+        lines.append(f"| switches detected | {d['detected']}/{d['switches']} |")
+        lines.append(
+            f"| mean detection delay | {fmt(d['mean_delay_steps'])} steps "
+            f"({fmt(d['mean_delay_iterations'])} iterations) |"
+        )
+        lines.append(f"| false alarms | {d['false_alarms']} |")
+    lines.append(f"| learner stages | {results['learner_stages']} |")
+    lines.append(f"| wall time | {results['wall_time_s']:.0f} s |")
+    if "R" in results:
+        names = results["stages"]
+        lines += ["", "R[i, j]: score on stage j's tasks after stage i", ""]
+        lines.append("| after \\ task | " + " | ".join(names) + " |")
+        lines.append("| --- " * (len(names) + 1) + "|")
+        for name, row in zip(names, results["R"]):
+            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+        lines += ["", "| stage | forgetting | forward transfer |", "| --- | --- | --- |"]
+        ft = s.get("forward_transfer_per_stage", [None] * len(names))
+        for name, f, t in zip(names, s["forgetting_per_stage"], ft):
+            lines.append(f"| {name} | {fmt(f)} | {fmt(t)} |")
+    return "\n".join(lines) + "\n"
