@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
-import hashlib
 import json
 import os
-import platform
 import re
 import resource
 import shlex
@@ -47,6 +45,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_machine import ForeignLoad, git_info, log, machine_info, wait_for_quiet
+from bench_ssm_report import eval_targets, find, to_markdown
+from bench_ssm_settings import (
+    ALL_KINDS,
+    B_TRAIN,
+    D_MODEL,
+    MEMORY_METHOD,
+    NOISY_CORES,
+    REFERENCE_NOTE,
+    REFERENCE_POINTS,
+    SLOW_KINDS,
+    STEP_BATCHES,
+    STEP_METHOD,
+    TRAIN_METHOD,
+)
 from torch import nn
 
 from ssm.util import write_text_atomic
@@ -54,68 +67,6 @@ from ssm.util import write_text_atomic
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_OUT = HERE / "results" / "bench_ssm.json"
-
-B_TRAIN = 16
-D_MODEL = 64
-STEP_BATCHES = (1, 64)
-NOISY_CORES = 0.25  # a cell during which other processes used more CPU than this is flagged
-
-LAYER_KINDS = ("s4d", "s5", "mamba", "gru", "lstm")
-EXTRA_KINDS = ("mamba_torch",)
-SLOW_KINDS = ("mamba_torch",)  # Mamba with backend="torch" (the pure-PyTorch reference loop)
-ALL_KINDS = LAYER_KINDS + EXTRA_KINDS
-LABELS = {
-    "s4d": "S4D",
-    "s5": "S5",
-    "mamba": "Mamba (backend=auto)",
-    "mamba_torch": "Mamba (torch reference)",
-    "gru": "ssm.GRU",
-    "lstm": "ssm.LSTM",
-    "gru_baseline": "torch.nn.GRU (baseline)",
-}
-
-# Quoted in the issue, measured by others on this machine kind: B=16, d_model=64, d_state=16,
-# expand=2, L=1024, training pass, speed as a multiple of torch.nn.GRU's (t_GRU / t_impl).
-REFERENCE_POINTS = [
-    {"name": "mambapy, parallel scan", "speedup_vs_gru": 0.06},
-    {"name": "mambapy, sequential mode", "speedup_vs_gru": 0.002},
-    {"name": "careful unfused torch scan", "speedup_vs_gru": 0.25, "approx": True},
-]
-REFERENCE_NOTE = (
-    "reference points (not measured here): quoted in the issue, measured by others on this "
-    "machine kind at B=16, d_model=64, d_state=16, expand=2, L=1024 (training pass, t_GRU/t_impl)"
-)
-
-TRAIN_METHOD = (
-    "One training pass = forward + backward of y.sum() on x of shape (B, L, D) with "
-    "requires_grad=True (as if fed by an encoder); grads are set to None outside the timed "
-    "region. Timed with time.perf_counter. Each repeat times the nn.GRU baseline and the kind "
-    "back to back, "
-    "alternating which goes first; the reported ms are medians over repeats after warmup, and "
-    "speedup = median(t_GRU) / median(t_kind) over the interleaved samples of that pair."
-)
-STEP_METHOD = (
-    "Under torch.inference_mode(), state fed back step to step, inputs cycled from 64 random "
-    "(B, D) tensors. Each step is timed individually with time.perf_counter_ns; steps run in "
-    "blocks that alternate between nn.GRUCell(D, D) and the kind. Reported: median microseconds "
-    "per step over all timed steps after warmup; ratio = median(t_kind) / median(t_GRUCell)."
-)
-MEMORY_METHOD = (
-    "Each measurement runs in a fresh Python subprocess (sys.executable), so no allocator cache "
-    "or high-water mark leaks between kinds. The child imports torch and ssm, builds the layer "
-    "and the "
-    "input, runs one tiny warm-up pass (L=8: starts autograd/OpenMP threads, loads the fused "
-    "kernel), then resets the kernel's peak-RSS counter (writes '5' to /proc/self/clear_refs, "
-    "which sets VmHWM to the current VmRSS), runs one full training pass and reads VmHWM from "
-    "/proc/self/status. peak_delta_mib = VmHWM - VmRSS-before-the-pass: the extra resident memory "
-    "the pass needed (activations saved for backward, gradients, workspaces, including allocations "
-    "made outside torch's allocator, e.g. by the C++ kernel). If clear_refs is unavailable, "
-    "getrusage(RUSAGE_SELF).ru_maxrss is used instead (flagged in hwm_reset=false). RSS is used "
-    "rather than tracemalloc (blind to torch allocations) or torch.profiler (blind to non-ATen "
-    "allocations). RUSAGE_CHILDREN in the parent is not used: it reports the max over all children "
-    "so far, not per child. Granularity: pages; glibc may satisfy small requests from memory "
-    "already resident, so values under a few MiB are noise."
-)
 
 
 # -- layers ---------------------------------------------------------------------------------------
@@ -143,146 +94,8 @@ def train_pass(m: nn.Module, x: torch.Tensor) -> float:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 def med(xs: list[float]) -> float:
     return float(statistics.median(xs))
-
-
-def _run(cmd: list[str]) -> str | None:
-    try:
-        return subprocess.run(
-            cmd, cwd=REPO, capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except Exception:
-        return None
-
-
-def git_info() -> dict[str, Any]:
-    head = _run(["git", "rev-parse", "HEAD"])
-    porcelain = _run(["git", "status", "--porcelain", "--untracked-files=all"])
-    diff = _run(["git", "diff", "HEAD"])
-    # the results folder is this script's own output: it does not make the tree dirty
-    changed = [
-        ln[3:]
-        for ln in (porcelain or "").splitlines()
-        if ln.strip() and not ln[3:].startswith("experiments/results/")
-    ]
-    return {
-        "commit": head.strip() if head else None,
-        "dirty": bool(changed) if porcelain is not None else None,
-        "changed_files": changed,
-        # identifies the uncommitted state of tracked files (ssm/ may be edited concurrently)
-        "diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if diff else None,
-        "ssm_changed_files": [f for f in changed if f.startswith("ssm/")],
-    }
-
-
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def mem_total_gib() -> float | None:
-    try:
-        m = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
-        return round(int(m.group(1)) / 2**20, 2) if m else None
-    except OSError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": sys.version.split()[0],
-        "cpu_model": cpu_model(),
-        "nproc": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "mem_total_gib": mem_total_gib(),
-        "torch_version": torch.__version__,
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "env": {
-            k: os.environ.get(k)
-            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SSM_DISABLE_CPU_KERNELS")
-            if k in os.environ
-        },
-    }
-    try:
-        import ssm
-        from ssm import backend as sb
-
-        t0 = time.perf_counter()
-        ext = sb.cpu_ext()
-        info["ssm_cpu_ext"] = getattr(ext, "__name__", None) if ext is not None else None
-        info["ssm_cpu_ext_load_s"] = round(time.perf_counter() - t0, 3)
-        info["ssm_file"] = str(Path(ssm.__file__).resolve())
-    except Exception as e:  # the benchmark still runs; the error is on record
-        info["ssm_cpu_ext_error"] = f"{type(e).__name__}: {e}"
-    return info
-
-
-class ForeignLoad:
-    """CPU time used by *other* processes while a block runs, in cores (0 = machine was ours).
-
-    System-wide busy time from /proc/stat (user+nice+system+irq+softirq+steal) minus this
-    process's and its waited-for children's CPU time (os.times), divided by wall time.
-    """
-
-    HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    @staticmethod
-    def _busy() -> float | None:
-        try:
-            v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
-            return None
-        return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / ForeignLoad.HZ
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def __enter__(self) -> ForeignLoad:
-        self.t0, self.b0, self.o0 = time.perf_counter(), self._busy(), self._own()
-        self.cores: float | None = None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.wall = time.perf_counter() - self.t0
-        b1 = self._busy()
-        self.foreign_s: float | None = None
-        if self.b0 is not None and b1 is not None and self.wall > 0:
-            self.foreign_s = max(0.0, b1 - self.b0 - (self._own() - self.o0))
-            self.cores = self.foreign_s / self.wall
-
-    @property
-    def noisy(self) -> bool:
-        """Others used > NOISY_CORES; the counters tick in 1/HZ s per CPU, so a short window
-        also needs more than 3 ticks of foreign time before it counts as noisy."""
-        if self.cores is None or self.foreign_s is None:
-            return False
-        return self.cores > NOISY_CORES and self.foreign_s > 3.0 / self.HZ
-
-
-def wait_for_quiet(max_wait_s: float, window_s: float = 0.5) -> float:
-    """Sleep in short windows until other processes use < NOISY_CORES; returns the wait."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < max_wait_s:
-        with ForeignLoad() as fl:
-            time.sleep(window_s)
-        if not fl.noisy:
-            break
-    return time.perf_counter() - t0
 
 
 def error_record(e: BaseException) -> dict[str, str]:
@@ -569,229 +382,6 @@ def bench_memory(
 
 
 # -- targets --------------------------------------------------------------------------------------
-def find(rows: list[dict], **kw) -> dict | None:
-    for r in rows:
-        if all(r.get(k) == v for k, v in kw.items()) and "error" not in r and "skipped" not in r:
-            return r
-    return None
-
-
-def _status(rows: list[dict], v: float | None, ok: bool | None, **kw) -> str:
-    if ok is not None:
-        return "pass" if ok else "fail"
-    match = [r for r in rows if all(r.get(k) == x for k, x in kw.items())]
-    if any("error" in r for r in match):
-        return "error"
-    return "skipped" if any("skipped" in r for r in match) else "not measured"
-
-
-def eval_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for kind, thr in (("s4d", 3.0), ("s5", 1.0), ("mamba", 1.0)):
-        r = find(res["train"], kind=kind, L=1024)
-        v = r["speedup_vs_gru"] if r else None
-        out.append(
-            {
-                "name": f"{kind} training speedup vs nn.GRU at L=1024 >= {thr:g}",
-                "kind": kind,
-                "metric": "train.speedup_vs_gru",
-                "L": 1024,
-                "op": ">=",
-                "threshold": thr,
-                "value": v,
-                "pass": None if v is None else v >= thr,
-            }
-        )
-        out[-1]["status"] = _status(res["train"], v, out[-1]["pass"], kind=kind, L=1024)
-    for kind in ("s4d", "s5", "mamba"):
-        for b in STEP_BATCHES:
-            r = find(res["step"], kind=kind, B=b)
-            v = r["ratio_vs_grucell"] if r else None
-            out.append(
-                {
-                    "name": f"{kind} step latency / nn.GRUCell at B={b} <= 1.5",
-                    "kind": kind,
-                    "metric": "step.ratio_vs_grucell",
-                    "B": b,
-                    "op": "<=",
-                    "threshold": 1.5,
-                    "value": v,
-                    "pass": None if v is None else v <= 1.5,
-                }
-            )
-            out[-1]["status"] = _status(res["step"], v, out[-1]["pass"], kind=kind, B=b)
-    return out
-
-
-# -- markdown -------------------------------------------------------------------------------------
-def f(v: Any, fmt: str = ".1f") -> str:
-    return "—" if v is None else format(v, fmt)
-
-
-def ratio_fmt(v: float | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.2f}x" if v >= 0.095 else f"{v:.3g}x"
-
-
-def cell_state(r: dict | None) -> str:
-    return "—" if r is None else "error" if "error" in r else "skipped"
-
-
-def star(r: dict) -> str:
-    return "\\*" if r.get("noisy") else ""
-
-
-def to_markdown(res: dict[str, Any]) -> str:
-    mi, gi, st = res["machine"], res["git"], res["settings"]
-    L_all = sorted({r["L"] for r in res["train"]})
-    pooled_txt = (
-        ", ".join(f"L={L}: {v:.1f} ms" for L, v in res.get("train_gru_pooled_ms", {}).items())
-        or "n/a"
-    )
-    S_mem = ", ".join(f"L={L}" for L in st.get("memory_torch_ref_lengths", [])) or "none"
-    S_mem += f", and only where one timed pass took <= {st.get('memory_slow_max_s', 0):g} s"
-    kinds = [k for k in ALL_KINDS if k in st["kinds"]]
-    lines = [
-        "# ssm benchmark vs torch GRU",
-        "",
-        f"- command: `{res['command']}`",
-        f"- when: {res['timestamp_utc']} ({res.get('wall_s', 0):.0f} s wall)"
-        + ("" if res.get("complete") else " — INCOMPLETE"),
-        f"- commit: `{gi['commit']}`"
-        + (
-            f" (dirty, diff sha1 {gi['diff_sha1']}; changed: {', '.join(gi['changed_files'][:8])})"
-            if gi["dirty"]
-            else " (clean)"
-        ),
-        f"- machine: {mi['cpu_model']}, nproc={mi['nproc']}, torch {mi['torch_version']} "
-        f"({mi['torch_num_threads']} threads), fused CPU kernel: "
-        f"{'yes' if mi.get('ssm_cpu_ext') else 'NO'}",
-        f"- load average at start/end: {res['loadavg_start']} / {res.get('loadavg_end')}; "
-        f"other processes used {f(res.get('foreign_load_cores'), '.2f')} cores on average "
-        f"during the run; samples taken while they used > {NOISY_CORES} cores were retaken "
-        f"({res.get('retry_spent_s', 0):.0f} s spent; waited {res.get('waited_for_quiet_s', 0):.0f}"
-        f" s for quiet); \\* marks cells that still kept such samples",
-        "",
-        f"## Training pass (fwd + bwd of y.sum()), B={B_TRAIN}, D={D_MODEL}",
-        "",
-        "speedup = t(nn.GRU) / t(kind), GRU timed interleaved with each kind; ms = median. "
-        "In parentheses: the speedup against the median of all GRU samples at that L "
-        f"({pooled_txt}); the targets use the interleaved one.",
-        "",
-    ]
-    hdr = "| kind |" + "".join(f" L={L} ms | GRU ms | speedup |" for L in L_all)
-    lines += [hdr, "|---|" + "---:|---:|---:|" * len(L_all)]
-    for k in kinds:
-        row = f"| {LABELS[k]} |"
-        for L in L_all:
-            r = next((r for r in res["train"] if r["kind"] == k and r["L"] == L), None)
-            if r is None:
-                row += " — | — | — |"
-            elif "error" in r or "skipped" in r:
-                row += f" {'error' if 'error' in r else 'skipped'} | — | — |"
-            else:
-                n_done = r.get("samples_kept", r.get("repeats"))
-                rep = f" (n={n_done})" if k in SLOW_KINDS or r.get("cut_short_by_deadline") else ""
-                row += (
-                    f" {f(r['ms'])}{rep} | {f(r['gru_ms'])} | "
-                    f"**{ratio_fmt(r['speedup_vs_gru'])}**{star(r)} "
-                    f"({ratio_fmt(r.get('speedup_vs_gru_pooled'))}) |"
-                )
-        lines.append(row)
-
-    lines += [
-        "",
-        "### Mamba at L=1024 vs nn.GRU (speed as a multiple of GRU's)",
-        "",
-        "| implementation | speedup vs GRU | source |",
-        "|---|---:|---|",
-    ]
-    for k in ("mamba", "mamba_torch"):
-        r = find(res["train"], kind=k, L=1024)
-        if k in kinds:
-            lines.append(
-                f"| ssm {LABELS[k]} | {ratio_fmt(r['speedup_vs_gru'] if r else None)} "
-                "| measured here |"
-            )
-    for p in REFERENCE_POINTS:
-        v = ("~" if p.get("approx") else "") + ratio_fmt(p["speedup_vs_gru"])
-        lines.append(f"| {p['name']} | {v} | reference point (not measured here) |")
-    lines += ["", f"_{REFERENCE_NOTE}_", ""]
-
-    lines += [
-        "## Step latency (inference_mode), D=64",
-        "",
-        "ratio = t(kind.step) / t(nn.GRUCell); µs = median per step.",
-        "",
-    ]
-    bs = sorted({r["B"] for r in res["step"]}) or list(STEP_BATCHES)
-    lines += [
-        "| kind |" + "".join(f" B={b} µs | GRUCell µs | ratio |" for b in bs),
-        "|---|" + "---:|---:|---:|" * len(bs),
-    ]
-    for k in kinds:
-        if not any(r["kind"] == k for r in res["step"]):
-            continue
-        row = f"| {LABELS[k]} |"
-        for b in bs:
-            r = next((r for r in res["step"] if r["kind"] == k and r["B"] == b), None)
-            if r is None or "error" in r or "skipped" in r:
-                row += f" {cell_state(r)} | — | — |"
-            else:
-                row += (
-                    f" {f(r['us'])} | {f(r['grucell_us'])} | "
-                    f"**{r['ratio_vs_grucell']:.2f}**{star(r)} |"
-                )
-        lines.append(row)
-
-    lines += [
-        "",
-        f"## Peak memory of one training pass, B={B_TRAIN}, D={D_MODEL}",
-        "",
-        "peak RSS increase during the pass (MiB), fresh subprocess per cell; "
-        "see JSON memory.method. The torch-reference Mamba is measured only at the "
-        f"lengths in settings.memory_torch_ref_lengths ({S_mem}).",
-        "",
-    ]
-    mem = res["memory"]["rows"]
-    Lm = sorted({r["L"] for r in mem})
-    if not mem:
-        lines.append("(not measured: --skip-memory)")
-    if mem:
-        lines += [
-            "| kind |" + "".join(f" L={L} MiB | vs GRU |" for L in Lm),
-            "|---|" + "---:|---:|" * len(Lm),
-        ]
-    for k in ("gru_baseline",) + tuple(kinds):
-        if not any(r["kind"] == k for r in mem):
-            continue
-        row = f"| {LABELS[k]} |"
-        for L in Lm:
-            r = next((r for r in mem if r["kind"] == k and r["L"] == L), None)
-            g = find(mem, kind="gru_baseline", L=L)
-            if r is None or "error" in r or "skipped" in r:
-                row += f" {cell_state(r)} | — |"
-            else:
-                rel = (
-                    f"{r['peak_delta_mib'] / g['peak_delta_mib']:.2f}x"
-                    if g and g["peak_delta_mib"] > 0
-                    else "—"
-                )
-                row += f" {f(r['peak_delta_mib'])}{star(r)} | {rel} |"
-        lines.append(row)
-
-    lines += ["", "## Targets", "", "| target | value | result |", "|---|---:|:---:|"]
-    for t in res["targets"]:
-        verdict = {"pass": "PASS", "fail": "**FAIL**"}.get(t["status"], t["status"])
-        lines.append(f"| {t['name']} | {f(t['value'], '.2f')} | {verdict} |")
-    for title, key in (("Errors", "errors"), ("Warnings", "warnings")):
-        if res.get(key):
-            lines += ["", f"## {title}", ""] + [f"- {e}" for e in res[key]]
-    return "\n".join(lines) + "\n"
-
-
-# -- main -----------------------------------------------------------------------------------------
 def settings_for(args: argparse.Namespace, kinds: list[str]) -> dict[str, Any]:
     if args.quick:
         s = {
