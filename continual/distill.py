@@ -34,32 +34,12 @@ from torch import Tensor
 from metarl.objectives import policy_evaluate
 from metarl.plugins import Plugin, StageEnd
 from metarl.trajectory import Trajectory
-from ssm.heads import CategoricalHead, GaussianHead, MultiDiscreteHead
+from ssm.heads import head_kl
 
 from .chunk_states import chunk_start_states
 from .replay import ReplayBatch, ReplayBuffer
 
 __all__ = ["ReplayDistillation", "distillation_losses", "head_kl", "skip_burn_in"]
-
-
-def head_kl(head: torch.nn.Module, target: Tensor, current: Tensor) -> Tensor:
-    """``KL(target ‖ current)`` between two distributions of ``head``, given as distribution
-    parameters ``(..., P)``; returns ``(...)``."""
-    if isinstance(head, CategoricalHead):  # params are log-probabilities
-        return (target.exp() * (target - current)).sum(-1)
-    if isinstance(head, MultiDiscreteHead):
-        return sum(
-            head_kl(h, t, c)
-            for h, t, c in zip(head.heads, head._split(target), head._split(current), strict=True)
-        )
-    if isinstance(head, GaussianHead):
-        # KL(N(m1, s1²) ‖ N(m2, s2²)) = log(s2/s1) + (s1² + (m1 − m2)²) / (2 s2²) − ½, per dim
-        m1, ls1 = head._split(target)
-        m2, ls2 = head._split(current)
-        var2 = (2 * ls2).exp()
-        kl = ls2 - ls1 + ((2 * ls1).exp() + (m1 - m2) ** 2) / (2 * var2) - 0.5
-        return kl.sum(-1)
-    raise ValueError(f"no closed-form KL for the action head {type(head).__name__}")
 
 
 def skip_burn_in(

@@ -170,6 +170,28 @@ class GaussianHead(ActionHead):
         return self._unflat(self._squash(mean) if self.squash else mean)
 
 
+def head_kl(head: ActionHead, old: Tensor, new: Tensor) -> Tensor:
+    """``KL(π_old ‖ π_new)`` per sample from two tensors ``(..., P)`` of ``head``'s distribution
+    parameters; returns ``(...)``.
+
+    Categorical: ``Σ p_old (log p_old - log p_new)`` (the parameters are log-probabilities);
+    multi-discrete: the sum over components. Diagonal Gaussian, per dimension:
+    ``log σ₁/σ₀ + (σ₀² + (μ₀ - μ₁)²) / (2σ₁²) - ½``; a tanh-squashed Gaussian has the same KL as
+    its pre-squash Gaussian (the squash is a bijection).
+    """
+    if isinstance(head, CategoricalHead):
+        return (old.exp() * (old - new)).sum(-1)
+    if isinstance(head, MultiDiscreteHead):
+        olds, news = head._split(old), head._split(new)
+        return sum(head_kl(h, o, n) for h, o, n in zip(head.heads, olds, news, strict=True))
+    if isinstance(head, GaussianHead):
+        mu0, ls0 = head._split(old)
+        mu1, ls1 = head._split(new)
+        var0, var1 = (2 * ls0).exp(), (2 * ls1).exp()
+        return (ls1 - ls0 + (var0 + (mu0 - mu1) ** 2) / (2 * var1) - 0.5).sum(-1)
+    raise ValueError(f"no closed-form KL for the action head {type(head).__name__}")
+
+
 def make_head(action: Mapping[str, Any], d_in: int, box_head: str = "gaussian") -> ActionHead:
     """The head for a JSON action space (:mod:`ssm.spec`): categorical for ``discrete``, one
     categorical per component for ``multidiscrete``, a (tanh-)Gaussian for ``box``."""

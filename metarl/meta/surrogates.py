@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from metarl.objectives import policy_evaluate
-from ssm.heads import CategoricalHead, GaussianHead, MultiDiscreteHead
+from ssm.heads import head_kl
 from ssm.policy import SequencePolicy
 
 from .batch import TaskBatch
@@ -106,26 +106,6 @@ def value_loss(policy: SequencePolicy, params: Params, batch: TaskBatch) -> Tens
     """``½ mean((V_θ - R)²)``: regression of the critic on the batch's returns."""
     ev = policy_evaluate(policy, params, batch.traj)
     return 0.5 * ((ev.values - batch.returns.detach()) ** 2).mean()
-
-
-def head_kl(head, old: Tensor, new: Tensor) -> Tensor:
-    """``KL(π_old ‖ π_new)`` per sample from two tensors of the head's distribution parameters.
-
-    Categorical: ``Σ p_old (log p_old - log p_new)``. Gaussian (diagonal):
-    ``Σ log σ₁/σ₀ + (σ₀² + (μ₀ - μ₁)²) / (2σ₁²) - ½``; a tanh-squashed Gaussian has the same KL
-    as its pre-squash Gaussian (the squash is a bijection).
-    """
-    if isinstance(head, CategoricalHead):
-        return (old.exp() * (old - new)).sum(-1)
-    if isinstance(head, MultiDiscreteHead):
-        olds, news = head._split(old), head._split(new)
-        return sum(head_kl(h, o, n) for h, o, n in zip(head.heads, olds, news))
-    if isinstance(head, GaussianHead):
-        mu0, ls0 = old.chunk(2, dim=-1)
-        mu1, ls1 = new.chunk(2, dim=-1)
-        var0, var1 = (2 * ls0).exp(), (2 * ls1).exp()
-        return (ls1 - ls0 + (var0 + (mu0 - mu1) ** 2) / (2 * var1) - 0.5).sum(-1)
-    raise ValueError(f"no KL divergence for action head {type(head).__name__}")
 
 
 def query_kl(policy: SequencePolicy, params: Params, batch: TaskBatch) -> Tensor:
