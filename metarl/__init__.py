@@ -5,24 +5,51 @@
 - :class:`Rollout`: steps a :class:`ssm.SequencePolicy` through vector environments into a
   :class:`Trajectory` in ``(T, B, ...)`` layout, carrying and resetting the recurrent state.
 - :mod:`metarl.objectives`: GAE, VPG and PPO losses as functions of ``(params, trajectories)``.
+- The learners, each a trainer (``step() -> row``, ``state_dict()``): :class:`PPOTrainer`,
+  :class:`RL2Trainer`, :class:`MetaTrainer`; the gradient meta-learners with a learn2learn-sized
+  surface, :class:`MAML` (``first_order=True``: FOMAML; MAML++ options), :class:`IMAML`,
+  :class:`Reptile`; :func:`collect_tasks` (act in a batch of tasks, each with its own adapted
+  parameters).
+- :class:`Plugin`: what any trainer accepts (loss terms, gradient masks, step and stage hooks);
+  :func:`run_loop`: the one run harness (run directory, checkpoints, status, resume).
 """
 
+from .harness import Trainer, run_loop
+from .meta import IMAML, MAML, MetaConfig, MetaTrainer, Reptile
 from .objectives import gae, normalize_advantages, policy_evaluate, ppo_loss, vpg_loss
+from .plugins import Plugin, StageEnd
+from .ppo import PPOConfig, PPOTrainer
+from .rl2 import RL2Config, RL2Trainer
 from .rollout import Rollout
+from .task_rollout import collect_tasks
 from .tasks import FAMILIES, MissingExtraError, Task, TaskFamily, make_family
 from .trajectory import Trajectory
 
 __all__ = [
     "FAMILIES",
+    "IMAML",
+    "MAML",
+    "MetaConfig",
+    "MetaTrainer",
     "MissingExtraError",
+    "PPOConfig",
+    "PPOTrainer",
+    "Plugin",
+    "RL2Config",
+    "RL2Trainer",
+    "Reptile",
     "Rollout",
+    "StageEnd",
     "Task",
     "TaskFamily",
+    "Trainer",
     "Trajectory",
+    "collect_tasks",
     "gae",
     "make_family",
     "normalize_advantages",
     "policy_evaluate",
     "ppo_loss",
+    "run_loop",
     "vpg_loss",
 ]
