@@ -9,6 +9,7 @@ Every layer offers ``initial_state(batch)``, ``forward(x, state=None, resets=Non
 
 from .backend import BACKENDS
 from .base import SequenceLayer, State
+from .diagonal_scan import diagonal_linear_scan
 from .heads import ActionHead, CategoricalHead, GaussianHead, MultiDiscreteHead
 from .lti import S4D, S5
 from .mamba import Mamba
@@ -16,7 +17,6 @@ from .norm import LayerNorm
 from .policy import PolicyOutput, SequencePolicy
 from .registry import KINDS, make_layer
 from .rnn import GRU, LSTM
-from .scan import diagonal_linear_scan
 from .selective_scan import selective_scan, selective_scan_ref
 from .spec import PolicySpec
 from .stack import make_stack, residual_forward, residual_step

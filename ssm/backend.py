@@ -7,8 +7,8 @@ Three implementations of the selective scan exist:
 * ``cpu-fused`` C++ kernels (``ssm/csrc/ssm_cpu.cpp``) built at first use with
   ``torch.utils.cpp_extension``; they keep the state in registers and recompute it in backward.
   Outside ``torch.func`` a first-order kernel with the whole epilogue runs; a double backward,
-  and every ``torch.func`` transform, go through :mod:`ssm.core_scan`, the recurrence alone with
-  vmap, forward-mode and double-backward rules (JVP kernels of its forward and backward).
+  and every ``torch.func`` transform, go through :mod:`ssm.selective_recurrence`, the recurrence
+  alone with vmap, forward-mode and double-backward rules (JVP kernels of its forward and backward).
 * ``cuda``    mamba-ssm's ``selective_scan_fn`` (optional ``cuda`` extra). First-order only.
 
 :func:`ssm.selective_scan.selective_scan` picks one for a call. Anything that needs what a fused
@@ -185,9 +185,9 @@ def nested_forward_mode() -> bool:
 
 
 def use_cpu_core(*tensors: Tensor, backend: str = "auto") -> bool:
-    """Whether the twice-differentiable fused scan (:mod:`ssm.core_scan`) may run: CPU float
-    tensors, the extension built, and no backend pinned. Unlike the first-order kernels it is
-    allowed inside ``torch.func`` transforms (it has vmap, jvp and double-backward rules)."""
+    """Whether the twice-differentiable fused scan (:mod:`ssm.selective_recurrence`) may run:
+    CPU float tensors, the extension built, and no backend pinned. Unlike the first-order kernels
+    it is allowed inside ``torch.func`` transforms (it has vmap, jvp and double-backward rules)."""
     if backend != "auto" or nested_forward_mode():
         return False
     if not all(t.device.type == "cpu" for t in tensors):

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import backend as _backend
 from .base import SequenceLayer, State
-from .scan import diagonal_linear_scan
+from .diagonal_scan import diagonal_linear_scan
 
 
 def _log_uniform(shape: tuple[int, ...], lo: float, hi: float) -> Tensor:

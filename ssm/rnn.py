@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from . import backend as _backend
 from .base import SequenceLayer, State
-from .scan import stack_steps
+from .step_stack import stack_steps
 
 
 class _RNN(SequenceLayer):

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import backend as _backend
-from .core_scan import core_scan
-from .scan import stack_steps
+from .selective_recurrence import core_scan
+from .step_stack import stack_steps
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias, initial_state, resets):
@@ -253,8 +253,8 @@ def _partial_grads(outs, grads_out, inputs, wants, create_graph: bool) -> list:
 
 
 def _core_path(u, delta, A, Bt, Ct, D, z, bias, softplus, h0, resets):
-    """The twice-differentiable fused path: :func:`ssm.core_scan.core_scan` inside torch's
-    elementwise prologue and epilogue. B, C as (B, G, L, N); absent inputs None."""
+    """The twice-differentiable fused path: :func:`ssm.selective_recurrence.core_scan` inside
+    torch's elementwise prologue and epilogue. B, C as (B, G, L, N); absent inputs None."""
     dt = _prepare_delta(delta, bias, softplus)
     y, h_last = core_scan(u, dt, A, Bt, Ct, h0, resets)
     return _finish(y, u, D, z), h_last
@@ -305,7 +305,7 @@ def _grouped(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
 
 def _core_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, resets):
     """The fused path that every ``torch.func`` transform and any order of derivative can go
-    through (:mod:`ssm.core_scan`); elementwise pre- and post-processing in torch."""
+    through (:mod:`ssm.selective_recurrence`); elementwise pre- and post-processing in torch."""
     batch, dim, _ = u.shape
     dtype = u.dtype
     B, C = _grouped(B, C)
@@ -359,7 +359,8 @@ def selective_scan(
 
     ``backend="auto"`` uses mamba-ssm's CUDA kernel for CUDA tensors when installed (the
     pure-torch reference inside ``torch.func`` transforms), and the fused C++ kernels on CPU:
-    inside ``torch.func`` transforms the twice-differentiable :func:`ssm.core_scan.core_scan`.
+    inside ``torch.func`` transforms the twice-differentiable
+    :func:`ssm.selective_recurrence.core_scan`.
     ``backend="torch"`` pins the reference. Every path returns the same values (to float
     tolerance) and exact derivatives of any order.
     """

@@ -29,7 +29,7 @@ def test_kl_of_the_adapted_policies_is_zero_at_the_old_parameters(maml_batch):
 def test_fisher_vector_product_through_the_inner_loop_matches_finite_differences(kind):
     """The TRPO metric is a third derivative of the policy (Hessian of a KL that contains an
     inner gradient step); it must be exact, layer norms included. For Mamba on CPU the scan is
-    ssm.core_scan, whose third derivative goes through the reference."""
+    ssm.selective_recurrence, whose third derivative goes through the reference."""
     policy, family = tiny_policy(kind, max_episode_steps=6)
     learner = MAML(policy, inner_lr=0.3, inner_steps=1)
     sup, qry = tiny_meta_batch(learner, family)

@@ -1,12 +1,12 @@
 """What every gradient meta-learner shares (:class:`MetaLearner`), and the checks that keep the
 ``torch.func`` machinery honest.
 
-The inner loop runs inside ``torch.func`` transforms. There, on CPU, ``ssm``'s selective scan
-runs the fused kernel of :mod:`ssm.core_scan`, which has vmap, forward-mode and double-backward
-rules of its own (a meta-batch of tasks is one kernel call, and the second-order part of the
-meta-gradient is fused too). CUDA layers (mamba-ssm's kernel is first-order only) and layers
-pinned to ``backend="torch"`` use the pure-torch reference there. Either way the meta-gradients
-are exact to second order (and third, for MAML-TRPO's exact Fisher).
+The inner loop runs inside ``torch.func`` transforms. There, on CPU, ``ssm``'s selective scan runs
+the fused kernel of :mod:`ssm.selective_recurrence`, which has vmap, forward-mode and
+double-backward rules of its own (a meta-batch of tasks is one kernel call, and the second-order
+part of the meta-gradient is fused too). CUDA layers (mamba-ssm's kernel is first-order only) and
+layers pinned to ``backend="torch"`` use the pure-torch reference there. Either way the
+meta-gradients are exact to second order (and third, for MAML-TRPO's exact Fisher).
 
 The policy's layer norms are composite (:mod:`ssm.norm`: torch's fused layer norm has wrong
 higher derivatives under ``vmap``). Before their first second-order meta-gradient the learners

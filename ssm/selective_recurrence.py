@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from . import backend as _backend
-from .scan import stack_steps
+from .step_stack import stack_steps
 
 __all__ = ["core_scan", "core_scan_ref"]
 

@@ -1,5 +1,6 @@
-"""The twice-differentiable fused scan (ssm.core_scan): values, first/second/third derivatives,
-forward mode and vmap against the pure-torch reference, and its use inside torch.func."""
+"""The twice-differentiable fused scan (ssm.selective_recurrence): values, first, second and
+third derivatives, forward mode and vmap against the pure-torch reference, and its use inside
+torch.func."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch.func import grad, jvp, vmap
 
 import ssm
-from ssm.core_scan import core_scan, core_scan_ref
+from ssm.selective_recurrence import core_scan, core_scan_ref
 
 F64 = torch.float64
 
@@ -149,7 +150,7 @@ def test_bad_shapes_are_refused_with_what_was_expected():
 
 @pytest.mark.parametrize("mode", ["fwd", "bwd", "bwd+fwd"])
 def test_jvp_kernels_match_the_reference_jvps(fused, mode):
-    from ssm.core_scan import _CoreJvp, _jvp_ref
+    from ssm.selective_recurrence import _CoreJvp, _jvp_ref
 
     x = inputs(groups=2, seed=7)
     x[2] = x[2].expand(2, *x[2].shape).contiguous()  # A per sequence, as the kernels take it

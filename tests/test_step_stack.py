@@ -1,5 +1,5 @@
-"""``ssm.scan.stack_steps``: torch.stack's values and derivatives (any order, forward mode, vmap),
-with a backward that stays O(L) when differentiated again."""
+"""``ssm.step_stack.stack_steps``: torch.stack's values and derivatives (any order, forward
+mode, vmap), with a backward that stays O(L) when differentiated again."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch.func import grad, jvp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ssm.scan import stack_steps
+from ssm.step_stack import stack_steps
 
 
 def _loss(stack, x):
