@@ -66,3 +66,31 @@ def test_third_order_derivative_matches_finite_differences_of_the_second():
     eps = 1e-5
     fd = (vhv(x + eps * v)[0] - vhv(x - eps * v)[0]) / (2 * eps)
     torch.testing.assert_close((third * v).sum(), fd.detach(), rtol=1e-6, atol=1e-8)
+
+
+def test_the_fused_kernel_is_used_only_where_no_derivative_can_be_taken():
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import jvp
+
+    from ssm.norm import values_only
+
+    seen = []
+
+    def probe(x):
+        seen.append(values_only())
+        return x.sum()
+
+    assert values_only() is False  # grad mode is on
+    with torch.no_grad():
+        assert values_only() is True
+        vmap(probe)(torch.ones(2, 3))
+        jvp(probe, (torch.ones(3),), (torch.ones(3),))
+        grad(probe)(torch.ones(3))
+        with fwAD.dual_level():
+            seen.append(values_only())
+    with torch.inference_mode():
+        assert values_only() is True
+    assert seen == [False] * 4
+    norm, x = ssm.LayerNorm(4).double(), torch.randn(3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(norm(x), F.layer_norm(x, (4,), norm.weight, norm.bias))
