@@ -10,7 +10,8 @@ The import API needs only torch, numpy and safetensors (no gymnasium, no trainin
 
 - :class:`SkillLibrary`: add/get/remove/list, k-NN over embeddings, metadata queries; safetensors
   files with checksums and a JSON manifest, atomic writes, safe concurrent writers.
-- :class:`Skill`: a loaded skill; :class:`ArchSpec`: the JSON that rebuilds its network.
+- :class:`Skill`: a loaded skill; :class:`ArchSpec` (``ssm.PolicySpec``): the JSON that rebuilds
+  its network (``ssm.SequencePolicy.from_spec``).
 - :mod:`skills.compose`: options, a hierarchical skill selector, skills as initialisations.
 
 Discovery and training modules are imported explicitly: :mod:`skills.curiosity` (RND and ICM

@@ -94,7 +94,7 @@ class AgentNet(nn.Module):
         return self.body.head
 
     def initial_state(self, batch_size: int):
-        p = self.body.in_proj.weight
+        p = next(self.body.parameters())
         return self.body.initial_state(batch_size, p.device, p.dtype)
 
     def embed(self, obs: Tensor) -> Tensor:
