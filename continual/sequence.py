@@ -58,7 +58,7 @@ from metarl.harness import TrainingDiverged, restore, run_loop, seed_everything
 from metarl.run_dir import RunDir
 from metarl.tracking import Tracker
 from ssm.policy import SequencePolicy
-from ssm.util import write_atomic
+from ssm.util import legacy_stream_seed, write_atomic
 
 from . import metrics as cw
 from .config import SequenceConfig
@@ -214,7 +214,7 @@ class SequenceRun:
         self.run: RunDir | None = None
 
     def _stage_seed(self, stage: int, iteration: int) -> int:
-        return self.cfg.seed * 1_000_003 + 100_003 * (stage + 1) + iteration
+        return legacy_stream_seed(self.cfg.seed, 100_003 * (stage + 1) + iteration)
 
     # -- the Trainer protocol -------------------------------------------------------------------
     @property

@@ -27,6 +27,7 @@ from metarl.ppo import episode_targets, trial_targets
 from metarl.rollout import Rollout
 from metarl.tasks import Task
 from metarl.trajectory import Trajectory
+from ssm.util import legacy_stream_seed
 
 __all__ = ["StageEpisodes", "StageFamily", "StageTrials"]
 
@@ -97,7 +98,7 @@ class StageTrials(StageEpisodes):
 
     def collect(self, iteration: int) -> Trajectory:
         rollout = self._rollout()
-        rollout.new_trial(seed=self.seed * 1_000_003 + iteration)
+        rollout.new_trial(seed=legacy_stream_seed(self.seed, iteration))
         return rollout.collect(self.trial_steps)
 
     def targets(self, traj: Trajectory, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:

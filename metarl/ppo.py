@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ssm.policy import SequencePolicy
+from ssm.util import legacy_stream_seed
 
 from .objectives import explained_variance, gae, normalize_advantages, policy_evaluate, ppo_loss
 from .plugins import Plugin, PluginList
@@ -165,7 +166,7 @@ class EpisodeSource:
         return traj.episode_returns()
 
     def restart(self, iteration: int) -> None:
-        self.rollout.new_trial(seed=(self.seed or 0) * 1_000_003 + iteration)
+        self.rollout.new_trial(seed=legacy_stream_seed(self.seed or 0, iteration))
 
     def close(self) -> None:
         self.envs.close()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ssm.policy import SequencePolicy
+from ssm.util import legacy_stream_seed
 
 from .collector import Collector, LocalCollector
 from .plugins import Plugin
@@ -46,7 +47,7 @@ def trial_batch(
 ):
     """Sample ``num_envs`` fresh training tasks and collect one trial per env (on the
     collector's backend: in this process, or in slices on Ray workers)."""
-    seed = config.seed * 1_000_003 + iteration
+    seed = legacy_stream_seed(config.seed, iteration)
     tasks = family.sample(config.num_envs, split="train", seed=seed)
     trial = dict(reset_state="trial", episodes_per_trial=config.episodes_per_trial)
     with collector.open(tasks, 1, env_seed=seed, **trial) as task_set:

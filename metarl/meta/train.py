@@ -34,6 +34,7 @@ from metarl.task_rollout import episode_success_any
 from metarl.tasks import TaskFamily
 from metarl.trajectory import Trajectory
 from ssm.policy import SequencePolicy
+from ssm.util import legacy_stream_seed
 
 from .base import probe_second_order
 from .batch import TaskBatch
@@ -147,7 +148,7 @@ def collect_meta_batch(
 def task_seed(seed: int, iteration: int) -> int:
     """The seed of outer iteration ``iteration``'s tasks and envs (a function of the run seed and
     the iteration only, so a resumed run draws the same meta-batches)."""
-    return seed * 1_000_003 + iteration * 101
+    return legacy_stream_seed(seed, iteration * 101)
 
 
 class MetaTrainer:

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import Tensor
 
+from ssm.util import legacy_stream_seed
+
 from ..objectives import explained_variance, gae, ppo_loss
 from .batch import MultiAgentBatch
 from .config import PopulationConfig
@@ -571,4 +573,4 @@ class MultiAgentLearner:
 
 def seeds_for(seed: int, iteration: int, num_envs: int) -> int:
     """The env seed of an iteration: distinct for every (run seed, iteration, copy)."""
-    return (seed * 1_000_003 + iteration * max(num_envs, 1)) % 2**31
+    return legacy_stream_seed(seed, iteration * max(num_envs, 1)) % 2**31

@@ -6,12 +6,13 @@ SkillLibrary``) and every layer above can use it without pulling in anything els
 
 from .files import fsync_dir, write_atomic, write_json_atomic, write_text_atomic
 from .intervals import STATISTIC, mean_ci, student_t_cdf, student_t_quantile
-from .seeds import derive_seed
+from .seeds import derive_seed, legacy_stream_seed
 
 __all__ = [
     "STATISTIC",
     "derive_seed",
     "fsync_dir",
+    "legacy_stream_seed",
     "mean_ci",
     "student_t_cdf",
     "student_t_quantile",

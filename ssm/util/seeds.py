@@ -13,7 +13,7 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["derive_seed"]
+__all__ = ["derive_seed", "legacy_stream_seed"]
 
 _STR_KEY_OFFSET = 2**64
 """String keys map to integers at or above this, so no string collides with an integer key."""
@@ -49,3 +49,18 @@ def derive_seed(seed: int, *keys: int | str, bits: int = 63) -> int:
         1, np.uint64
     )
     return int(words[0]) >> (64 - bits)
+
+
+LEGACY_STRIDE = 1_000_003
+
+
+def legacy_stream_seed(seed: int, offset: int) -> int:
+    """``seed * 1_000_003 + offset``: the derivation every committed result was produced with
+    (the per-iteration task and env seeds of PPO, RL², the MAML family, the population and the
+    continual stages, each with its own ``offset``, e.g. ``iteration`` or ``101 * iteration``).
+
+    Kept, in this one place, so that those results reproduce with their commands. New streams use
+    :func:`derive_seed`. Switching the old ones over changes every learning curve in
+    ``experiments/results`` and means re-running them (see the README's note on seeds).
+    """
+    return int(seed) * LEGACY_STRIDE + int(offset)
