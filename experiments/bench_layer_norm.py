@@ -2,7 +2,7 @@
 """The cost of the policy's composite layer norm (``ssm.LayerNorm``) against torch's fused one.
 
 The same policy is timed three times, interleaved (so load changes on a shared machine hit all
-alike): with its own norms (``ssm.LayerNorm``: composite, or fused where only values are needed),
+alike): with its own norms (``ssm.LayerNorm``: composite in transforms and exact mode, else fused),
 with norms that are always composite, and with every norm swapped for an ``nn.LayerNorm`` (fused)
 holding the same parameters. Three paths: a policy ``step`` at B=16 under ``no_grad`` (acting), a
 sequence forward under ``no_grad`` at B=16, L=128, and a training pass (forward + backward).

@@ -16,12 +16,20 @@ Both fail silently. The composite form below is plain autograd at every order. I
 ``nn.LayerNorm``, so parameter names (``weight``, ``bias``), initial values and state dicts are
 unchanged.
 
-Where no derivative can be taken (grad mode off, no ``torch.func`` transform, no forward-AD level:
-acting in a rollout), the fused kernel computes the same values faster (a policy ``step`` at B=16
-is ~25% faster on CPU, ``experiments/bench_layer_norm.py``), so :class:`LayerNorm` uses it there.
+Which form runs (:func:`composite_needed`): the composite one inside any ``torch.func`` transform
+or forward-AD level (where the fused kernel's higher derivatives go wrong), and inside
+:func:`exact_norms` (a mode, like ``torch.no_grad``, that the meta-learners enter for their whole
+inner/outer computation, since some of their higher-order derivatives are taken by ordinary
+autograd outside a transform); the fused kernel everywhere else: acting, and first-order training
+such as PPO's, where its values and first derivatives are right and it is faster (a policy
+``step`` at B=16 is ~25% faster, ``experiments/bench_layer_norm.py``).
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
@@ -29,17 +37,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _peek_transform = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+_mode = threading.local()
 
 
-def values_only() -> bool:
-    """True where no derivative of any order can be taken of what is computed now: grad mode is
-    off and no ``torch.func`` transform or forward-AD level is active. (Unsure -> False.)"""
-    return (
-        not torch.is_grad_enabled()
-        and _peek_transform is not None
-        and _peek_transform() is None
-        and getattr(_forward_ad, "_current_level", 0) < 0
-    )
+@contextmanager
+def exact_norms() -> Iterator[None]:
+    """Within the block, :class:`LayerNorm` computes in composite form everywhere (re-entrant,
+    per thread). For code that takes derivatives beyond the first by ordinary autograd."""
+    depth = getattr(_mode, "depth", 0)
+    _mode.depth = depth + 1
+    try:
+        yield
+    finally:
+        _mode.depth = depth
+
+
+def composite_needed() -> bool:
+    """True inside :func:`exact_norms`, a ``torch.func`` transform or a forward-AD level (unsure:
+    True)."""
+    if getattr(_mode, "depth", 0) > 0 or _peek_transform is None:
+        return True
+    return _peek_transform() is not None or getattr(_forward_ad, "_current_level", 0) >= 0
 
 
 def composite_layer_norm(
@@ -60,10 +78,11 @@ def composite_layer_norm(
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` computed by :func:`composite_layer_norm` (same values to rounding), or by
-    the fused kernel where only values are needed (:func:`values_only`)."""
+    """``nn.LayerNorm`` computed by :func:`composite_layer_norm` where derivatives of higher order
+    may be taken (:func:`composite_needed`), by the fused kernel elsewhere (same values to
+    rounding)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if values_only():
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return composite_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        if composite_needed():
+            return composite_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)

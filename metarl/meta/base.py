@@ -8,20 +8,23 @@ part of the meta-gradient is fused too). CUDA layers (mamba-ssm's kernel is firs
 layers pinned to ``backend="torch"`` use the pure-torch reference there. Either way the
 meta-gradients are exact to second order (and third, for MAML-TRPO's exact Fisher).
 
-The policy's layer norms are composite (:mod:`ssm.norm`: torch's fused layer norm has wrong
-higher derivatives under ``vmap``). Before their first second-order meta-gradient the learners
-check the policy's Hessian-vector product against finite differences (:func:`second_order_error`;
-``torch.func`` silently drops the second-order part of a ``@once_differentiable`` backward), and a
-policy that fails raises a ``ValueError`` pointing to ``first_order=True``.
+The learners' methods run in :func:`ssm.norm.exact_norms` (the :func:`exact` decorator), where the
+policy's layer norms compute in composite form (torch's fused layer norm has wrong higher
+derivatives under ``vmap`` and at third order; :mod:`ssm.norm`). Before their first second-order
+meta-gradient the learners check the policy's Hessian-vector product against finite differences
+(:func:`second_order_error`; ``torch.func`` silently drops the second-order part of a
+``@once_differentiable`` backward), and a policy that fails raises a ``ValueError`` pointing to
+``first_order=True``.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -31,6 +34,7 @@ from torch.func import grad
 
 from metarl.trajectory import Trajectory
 from ssm import backend as ssm_backend
+from ssm.norm import exact_norms
 from ssm.policy import SequencePolicy
 
 from . import functional as F
@@ -53,6 +57,20 @@ class MetaGradient(NamedTuple):
     """gradient for each learned inner learning rate (None when they are fixed)"""
     stats: dict[str, float]
     """outer_loss, inner_loss, value_loss, adapt_distance, ..."""
+
+
+def exact(method: Callable) -> Callable:
+    """Run a learner method in :func:`ssm.norm.exact_norms`: the policy's layer norms compute in
+    composite form there even where a higher derivative is taken by ordinary autograd outside a
+    ``torch.func`` transform (the fused kernel's higher derivatives are wrong; a mode switch,
+    like ``torch.no_grad``, not a patch of the modules)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with exact_norms():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _check_lr_steps(inner_lr: float, inner_steps: int) -> None:
@@ -174,10 +192,12 @@ class MetaLearner(abc.ABC):
         return self.inner_steps if isinstance(support, TaskBatch) else len(support)
 
     # -- the inner loop -------------------------------------------------------------------------
+    @exact
     def inner_loss(self, params: Params, batch: TaskBatch) -> Tensor:
         """The inner surrogate of one task (see :mod:`metarl.meta.surrogates`)."""
         return inner_loss(self.policy, params, batch, self.inner_objective, self.clip_coef)
 
+    @exact
     def inner_step(
         self,
         params: Params,
@@ -197,6 +217,7 @@ class MetaLearner(abc.ABC):
     def adapt(self, params: Params | None, support: Support | Trajectory, steps=None) -> Params:
         """Adapted parameters of one task (implemented by each learner)."""
 
+    @exact
     def adapt_tasks(self, params: Params | None, supports: Support, steps=None) -> Params:
         """Adapted parameters for each task of stacked ``supports`` (detached, stacked)."""
         theta = F.detach(self._theta(params))
@@ -224,6 +245,7 @@ class MetaLearner(abc.ABC):
         return F.map_tasks(fn, args, in_dims, vectorize=False)
 
     # -- shared parts of the meta-gradient ------------------------------------------------------
+    @exact
     def value_gradient(self, supports: Support) -> tuple[Params, float]:
         """``vf_coef ∇ mean_tasks value_loss(θ; support)`` (first order; the critic is
         trained on the support returns of the un-adapted policy). Zeros without a critic."""
@@ -282,16 +304,19 @@ def second_order_error(
     def fn(p):
         return inner_loss(pol, p, b, objective)
 
-    if forward_over_reverse:
-        hv = F.hvp(fn, theta, v)
-    else:  # as MAML.meta_gradient: ordinary autograd over a torch.func gradient
-        leaves = {k: t.clone().requires_grad_() for k, t in theta.items()}
-        with torch.enable_grad():
-            inner = F.dot(grad(fn)(leaves), v)
-            hs = torch.autograd.grad(inner, list(leaves.values()), allow_unused=True)
-        hv = {k: torch.zeros_like(t) if h is None else h for (k, t), h in zip(theta.items(), hs)}
-    eps = 1e-5 * max(1.0, float(F.sq_norm(theta).sqrt()))
-    g_plus, g_minus = grad(fn)(F.add(theta, v, eps)), grad(fn)(F.add(theta, v, -eps))
+    with exact_norms():  # as the learners compute
+        if forward_over_reverse:
+            hv = F.hvp(fn, theta, v)
+        else:  # as MAML.meta_gradient: ordinary autograd over a torch.func gradient
+            leaves = {k: t.clone().requires_grad_() for k, t in theta.items()}
+            with torch.enable_grad():
+                inner = F.dot(grad(fn)(leaves), v)
+                hs = torch.autograd.grad(inner, list(leaves.values()), allow_unused=True)
+            hv = {
+                k: torch.zeros_like(t) if h is None else h for (k, t), h in zip(theta.items(), hs)
+            }
+        eps = 1e-5 * max(1.0, float(F.sq_norm(theta).sqrt()))
+        g_plus, g_minus = grad(fn)(F.add(theta, v, eps)), grad(fn)(F.add(theta, v, -eps))
     fd = {k: (g_plus[k] - g_minus[k]) / (2 * eps) for k in theta}
     scale = max(float(F.sq_norm(fd).sqrt()), float(F.sq_norm(hv).sqrt()), 1e-12)
     return float(F.sq_norm(F.sub(hv, fd)).sqrt()) / scale

@@ -9,7 +9,7 @@ from torch import Tensor
 from ssm.policy import SequencePolicy
 
 from . import functional as F
-from .base import MetaGradient, MetaLearner, Support, probe_second_order
+from .base import MetaGradient, MetaLearner, Support, exact, probe_second_order
 from .batch import TaskBatch
 from .functional import Params
 from .surrogates import OUTER_OBJECTIVES, OuterObjective, outer_loss
@@ -64,6 +64,7 @@ class IMAML(MetaLearner):
         self.lam, self.cg_steps, self.damping = float(lam), cg_steps, float(damping)
         self.outer_objective, self.ent_coef = outer_objective, ent_coef
 
+    @exact
     def inner_step(self, params, batch, step, anchor=None, first_order=True) -> Params:
         """A gradient step on the proximal objective ``L_in(φ) + λ/2 ‖φ - anchor‖²``."""
         anchor = F.detach(params if anchor is None else anchor)
@@ -73,6 +74,7 @@ class IMAML(MetaLearner):
 
         return F.gradient_step(regularised, params, self.inner_lr, step, first_order=True)[0]
 
+    @exact
     def adapt(self, params: Params | None, support, steps: int | None = None) -> Params:
         """φ* by ``steps`` (default ``inner_steps``) proximal gradient steps; detached."""
         batch = self._batch(support)
@@ -83,12 +85,14 @@ class IMAML(MetaLearner):
             lambda p: self.inner_loss(p, batch), self._theta(params), self.lam, self.inner_lr, n
         )
 
+    @exact
     def outer_loss(self, adapted: Params, query) -> Tensor:
         q = self._batch(query)
         return outer_loss(
             self.policy, adapted, q, self.outer_objective, self.clip_coef, self.ent_coef
         )
 
+    @exact
     def task_gradient(self, params: Params, support: TaskBatch, query: TaskBatch):
         """The implicit meta-gradient of one task and its diagnostics."""
         phi = self.adapt(params, support)
@@ -108,6 +112,7 @@ class IMAML(MetaLearner):
         }
         return g, aux
 
+    @exact
     def meta_gradient(
         self, supports: Support, query: TaskBatch, first_order=None, iteration: int = 0
     ) -> MetaGradient:

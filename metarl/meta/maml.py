@@ -13,7 +13,7 @@ from metarl.trajectory import Trajectory
 from ssm.policy import SequencePolicy
 
 from . import functional as F
-from .base import MetaGradient, MetaLearner, Support, note_fused_backends, probe_second_order
+from .base import MetaGradient, MetaLearner, Support, exact, note_fused_backends, probe_second_order
 from .batch import TaskBatch
 from .functional import LearningRates, Params
 from .surrogates import OUTER_OBJECTIVES, OuterObjective, outer_loss, query_kl
@@ -97,6 +97,7 @@ class MAML(MetaLearner):
         return list(self.named_parameters().values()) + list((self.lrs or {}).values())
 
     # -- learn2learn-style surface --------------------------------------------------------------
+    @exact
     def adapt(
         self,
         params: Params | None,
@@ -125,6 +126,7 @@ class MAML(MetaLearner):
             path = [phi]
         return path, losses
 
+    @exact
     def outer_loss(self, adapted: Params, query: TaskBatch | Trajectory) -> Tensor:
         """The query loss of one task at adapted parameters."""
         q = self._batch(query)
@@ -132,6 +134,7 @@ class MAML(MetaLearner):
             self.policy, adapted, q, self.outer_objective, self.clip_coef, self.ent_coef
         )
 
+    @exact
     def task_loss(
         self,
         params: Params | None,
@@ -165,6 +168,7 @@ class MAML(MetaLearner):
         return msl_weights(self.inner_steps, iteration, self.msl_anneal_iters)
 
     # -- meta-batch -----------------------------------------------------------------------------
+    @exact
     def meta_loss(
         self,
         params: Params,
@@ -187,6 +191,7 @@ class MAML(MetaLearner):
             k: v.mean() for k, v in aux.items()
         }
 
+    @exact
     def query_kl(
         self, params: Params, supports: Support, query: TaskBatch, first_order: bool | None = None
     ) -> Tensor:
@@ -200,6 +205,7 @@ class MAML(MetaLearner):
 
         return self._map(one, (params, supports, query), (None, 0, 0)).mean()
 
+    @exact
     def meta_gradient(
         self,
         supports: Support,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import functional as F
-from .base import MetaGradient, MetaLearner, Support
+from .base import MetaGradient, MetaLearner, Support, exact
 from .functional import Params
 
 
@@ -17,6 +17,7 @@ class Reptile(MetaLearner):
 
     algo = "reptile"
 
+    @exact
     def adapt(self, params: Params | None, support, steps: int | None = None) -> Params:
         support = self._batch(support)
         phi = self._theta(params)
@@ -24,6 +25,7 @@ class Reptile(MetaLearner):
             phi = self.inner_step(phi, self._support_at(support, k), k)
         return F.detach(phi)
 
+    @exact
     def meta_gradient(
         self, supports: Support, query=None, first_order=None, iteration: int = 0
     ) -> MetaGradient:
