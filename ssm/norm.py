@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 _peek_transform = getattr(torch._C._functorch, "peek_interpreter_stack", None)
 _mode = threading.local()
+_JVP = getattr(getattr(torch._C._functorch, "TransformType", None), "Jvp", None)
 
 
 @contextmanager
@@ -53,11 +54,18 @@ def exact_norms() -> Iterator[None]:
 
 
 def composite_needed() -> bool:
-    """True inside :func:`exact_norms`, a ``torch.func`` transform or a forward-AD level (unsure:
-    True)."""
+    """True inside :func:`exact_norms` or a forward-AD level, and inside a ``torch.func``
+    transform that can take a derivative (grad mode on, or a ``jvp``); False where only values
+    (and first derivatives by ordinary autograd) are taken, e.g. acting under ``vmap`` with grad
+    mode off. Unsure: True."""
     if getattr(_mode, "depth", 0) > 0 or _peek_transform is None:
         return True
-    return _peek_transform() is not None or getattr(_forward_ad, "_current_level", 0) >= 0
+    if getattr(_forward_ad, "_current_level", 0) >= 0:
+        return True
+    top = _peek_transform()
+    if top is None:
+        return False
+    return torch.is_grad_enabled() or top.key() == _JVP
 
 
 def composite_layer_norm(

@@ -94,6 +94,11 @@ def test_the_composite_form_runs_in_transforms_and_exact_mode_the_fused_kernel_e
             seen.append(composite_needed())
         seen.append(composite_needed())
     assert seen == [True] * 7 and composite_needed() is False
+    with torch.no_grad():  # acting under vmap (adapted parameters per task): values only
+        seen.clear()
+        vmap(probe)(torch.ones(2, 3))
+        jvp(probe, (torch.ones(3),), (torch.ones(3),))
+        assert seen == [False, True]
     norm, x = ssm.LayerNorm(4).double(), torch.randn(3, 4, dtype=torch.float64)
     # outside transforms the values (and first derivatives) are torch's own, bit for bit, so
     # first-order training runs as it did with nn.LayerNorm
