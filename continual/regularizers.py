@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from metarl.plugins import Plugin, StageEnd
+from metarl.plugins import Plugin, StageEnd, mask_module_gradients
 from metarl.trajectory import Trajectory
 
 from .fisher import FISHER_KINDS, fisher_diagonal
@@ -155,12 +155,18 @@ class Regularizer(Plugin):
 
     def mask_module_gradients(self, module: torch.nn.Module) -> None:
         """In place on ``module``'s ``.grad``: :meth:`mask_gradients` for the imperative path."""
-        named = {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
-        masked = self.mask_gradients(named)
-        with torch.no_grad():
-            for n, p in module.named_parameters():
-                if p.grad is not None and masked[n] is not p.grad:
-                    p.grad.copy_(masked[n])
+        mask_module_gradients(module, self.mask_gradients)
+
+    names: list[str] | None = None
+    """the regularised parameters (None: every entry of the params consolidated)"""
+
+    def _select(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if self.names is None:
+            return dict(params)
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise ValueError(f"params lack the regularised parameters {missing}")
+        return {n: params[n] for n in self.names}
 
     def after_optimizer_step(self, params: Mapping[str, Tensor]) -> None:
         """Called after each optimiser step, may fix parameters in place (PackNet does)."""
@@ -196,14 +202,6 @@ class L2Anchor(Regularizer):
         self.names = None if names is None else list(names)
         self.anchor: dict[str, Tensor] = {}
         self.num_consolidations = 0
-
-    def _select(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        if self.names is None:
-            return dict(params)
-        missing = [n for n in self.names if n not in params]
-        if missing:
-            raise ValueError(f"params lack the regularised parameters {missing}")
-        return {n: params[n] for n in self.names}
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:
         params = _check_params(params, "l2.penalty")
@@ -333,14 +331,6 @@ class EWC(Regularizer):
         self.fisher = new
         self.anchor = {n: params[n].detach().clone() for n in new}
         self.num_consolidations += 1
-
-    def _select(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        if self.names is None:
-            return dict(params)
-        missing = [n for n in self.names if n not in params]
-        if missing:
-            raise ValueError(f"params lack the regularised parameters {missing}")
-        return {n: params[n] for n in self.names}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ steps), so a loss term is differentiable in them by ordinary autograd.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .trajectory import Trajectory
 
-__all__ = ["Plugin", "PluginList", "StageEnd"]
+__all__ = ["Plugin", "PluginList", "StageEnd", "mask_module_gradients"]
 
 
 @dataclass
@@ -103,6 +103,19 @@ class Plugin:
         """Restore :meth:`state_dict`."""
 
 
+def mask_module_gradients(
+    module: nn.Module, mask: Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
+) -> None:
+    """Apply a pure gradient mask (``{name: grad} -> {name: grad}``) to ``module``'s ``.grad`` in
+    place."""
+    named = {n: q.grad for n, q in module.named_parameters() if q.grad is not None}
+    masked = mask(named)
+    with torch.no_grad():
+        for n, q in module.named_parameters():
+            if q.grad is not None and masked[n] is not q.grad:
+                q.grad.copy_(masked[n])
+
+
 class PluginList:
     """Plugins applied in order; what trainers hold. Empty by default (no cost)."""
 
@@ -146,12 +159,7 @@ class PluginList:
 
     def mask_module_gradients(self, module: nn.Module) -> None:
         """In place on ``module``'s ``.grad`` (the imperative path of PPO)."""
-        named = {n: q.grad for n, q in module.named_parameters() if q.grad is not None}
-        masked = self.mask_gradients(named)
-        with torch.no_grad():
-            for n, q in module.named_parameters():
-                if q.grad is not None and masked[n] is not q.grad:
-                    q.grad.copy_(masked[n])
+        mask_module_gradients(module, self.mask_gradients)
 
     def after_step(self, params: Mapping[str, Tensor]) -> None:
         for p in self.plugins:
