@@ -68,8 +68,10 @@ def test_resumed_run_matches_uninterrupted_run_exactly(tmp_path):
     part = runner.train(tiny(tmp_path / "part", "run.stop_after=5"))
     status = json.loads((part.path / runner.STATUS_FILE).read_text())
     assert status["status"] == "stopped" and status["iteration"] == 5
-    # iteration 5 ran after the checkpoint at 4: its row must be dropped and re-run on resume
+    # a stop is checkpointed where it happened (iteration 5, between the every-2 checkpoints):
+    # the resume keeps every row and loses no work
     assert len(part.read_metrics()) == 5
+    assert part.load_checkpoint("latest")["trainer"]["iteration"] == 5
     resumed = runner.resume(part.path, ["run.stop_after=null"])
     assert resumed.path == part.path
     assert_same_run(full, resumed, 10)
@@ -115,6 +117,33 @@ def test_sigkilled_run_resumes_to_the_same_final_metrics(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "finished" in out.stdout
     assert_same_run(full, RunDir.open(run_path), 50)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_marks_the_run_interrupted_and_resume_loses_nothing(tmp_path, sig):
+    full = runner.train(tiny(tmp_path / "full", "rl2.total_steps=2000"))
+    root = tmp_path / "signalled"
+    cmd = [sys.executable, "-m", "metarl.cli", "train", *TINY, f"run.root={root}"]
+    cmd += ["rl2.total_steps=2000", "run.checkpoint_every=1000"]  # no checkpoint but the stop's
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = list(root.glob("*/metrics.jsonl")) if root.exists() else []
+        if rows and len(rows[0].read_text().splitlines()) >= 3:
+            break
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "resume with" in out and "Traceback" not in err
+    run = RunDir.open(rows[0].parent)
+    status = json.loads((run.path / runner.STATUS_FILE).read_text())
+    assert status["status"] == "interrupted" and 3 <= status["iteration"] < 50
+    assert run.load_checkpoint("latest")["trainer"]["iteration"] == status["iteration"]
+    assert len(run.read_metrics()) == status["iteration"]
+    resumed = runner.resume(run.path)
+    assert_same_run(full, resumed, 50)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
