@@ -339,3 +339,19 @@ def test_a_plugin_loss_on_the_outer_loss_adds_its_gradient_to_the_meta_gradient(
         grads.append(seen[-1])
     for name, g0 in grads[0].items():
         torch.testing.assert_close(grads[1][name] - g0, 2 * 3.0 * theta[name], msg=name)
+
+
+def test_a_curriculum_file_is_read_as_an_override_and_copied_into_the_run(tmp_path):
+    from curricula.curriculum import _data_dir
+
+    mine = tmp_path / "my.yaml"
+    mine.write_text((_data_dir() / "nav2d_quadrants.yaml").read_text())
+    root = tmp_path / "runs"
+    args = [f"curriculum={mine}", *TINY[1:], f"run.root={root}", "run.stop_after=3"]
+    assert cli_main(args) == 0  # the first argument is an override, not a config file name
+    (run_path,) = root.iterdir()
+    assert (run_path / "curriculum.yaml").read_text() == mine.read_text()
+    mine.write_text("not: [a curriculum")  # edited between the stop and the resume
+    assert cli_main(["--resume", str(run_path), "run.stop_after=null"]) == 0
+    results = json.loads((run_path / "results.json").read_text())
+    assert np.array(results["R"]).shape == (2, 2)
