@@ -14,16 +14,37 @@
   :func:`run_loop`: the one run harness (run directory, checkpoints, status, resume).
 """
 
-from .harness import Trainer, run_loop
-from .meta import IMAML, MAML, MetaConfig, MetaTrainer, Reptile
 from .objectives import gae, normalize_advantages, policy_evaluate, ppo_loss, vpg_loss
 from .plugins import Plugin, StageEnd
-from .ppo import PPOConfig, PPOTrainer
-from .rl2 import RL2Config, RL2Trainer
 from .rollout import Rollout
-from .task_rollout import collect_tasks
 from .tasks import FAMILIES, MissingExtraError, Task, TaskFamily, make_family
 from .trajectory import Trajectory
+
+# The learners and the harness load on first use, so that a layer above that needs only the
+# plugin interface or the trajectory (``import continual`` for EWC) stays light.
+_LAZY = {
+    "IMAML": ".meta",
+    "MAML": ".meta",
+    "MetaConfig": ".meta",
+    "MetaTrainer": ".meta",
+    "Reptile": ".meta",
+    "PPOConfig": ".ppo",
+    "PPOTrainer": ".ppo",
+    "RL2Config": ".rl2",
+    "RL2Trainer": ".rl2",
+    "Trainer": ".harness",
+    "run_loop": ".harness",
+    "collect_tasks": ".task_rollout",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'metarl' has no attribute {name!r}")
+
 
 __all__ = [
     "FAMILIES",

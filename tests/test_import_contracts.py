@@ -126,3 +126,20 @@ def test_relative_imports_resolve_against_the_importing_module(tmp_path):
         ("metarl.meta.train", "metarl.rollout"),
         ("metarl.meta.train", "metarl.meta.base"),
     }
+
+
+def test_import_continual_stays_light_and_metarl_exports_the_learners():
+    """EWC or replay in your own loop must not pull in the run machinery."""
+    code = (
+        "import sys, continual\n"
+        "heavy = ['metarl.runner', 'metarl.harness', 'metarl.meta', 'metarl.backends',\n"
+        "         'continual.sequence', 'continual.learner']\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+        "from metarl import MAML, IMAML, Reptile, MetaTrainer, PPOTrainer, RL2Trainer, run_loop\n"
+        "from continual import EWC, ContinualLearner, run_sequence\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
