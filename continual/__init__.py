@@ -18,6 +18,8 @@
   :mod:`continual.cli`); :mod:`continual.evaluation`: scoring every task of a sequence.
 """
 
+from ssm.util import lazy_attributes
+
 from .distill import ReplayDistillation
 from .drift import ADWINConfig, Detection, DriftMonitor, PageHinkleyConfig, StreamDetector
 from .fisher import fisher_diagonal
@@ -45,13 +47,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'continual' has no attribute {name!r}")
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "ADWINConfig",

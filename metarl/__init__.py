@@ -14,6 +14,8 @@
   :func:`run_loop`: the one run harness (run directory, checkpoints, status, resume).
 """
 
+from ssm.util import lazy_attributes
+
 from .objectives import gae, normalize_advantages, policy_evaluate, ppo_loss, vpg_loss
 from .plugins import Plugin, StageEnd
 from .rollout import Rollout
@@ -38,13 +40,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'metarl' has no attribute {name!r}")
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "FAMILIES",
