@@ -150,6 +150,11 @@ class EvalSettings:
     """act with the distribution's mode"""
     seed: int = 12345
     """env seed of every evaluation (the same each time, so curves compare like with like)"""
+    adapt_steps: int | None = None
+    """meta-learners: inner steps of the adapted evaluation (R_adapt); None: meta.inner_steps"""
+    adapt_episodes: int = 4
+    """meta-learners: sampled episodes per task and step of the adapted evaluation (the support
+    each inner step adapts on, and the episodes it is scored on)"""
 
 
 @dataclass
@@ -274,8 +279,12 @@ class SequenceConfig:
         if d.scale <= 0 or d.discard_recent < 0:
             raise ValueError("drift.scale must be > 0 and drift.discard_recent >= 0")
         e = self.eval
-        if e.every_iterations < 1 or e.episodes < 1:
-            raise ValueError("eval.every_iterations and eval.episodes must be >= 1")
+        if e.every_iterations < 1 or e.episodes < 1 or e.adapt_episodes < 1:
+            raise ValueError(
+                "eval.every_iterations, eval.episodes and eval.adapt_episodes must be >= 1"
+            )
+        if e.adapt_steps is not None and e.adapt_steps < 0:
+            raise ValueError(f"eval.adapt_steps must be >= 0 or null, got {e.adapt_steps}")
         if self.reference.mode == "file" and not self.reference.path:
             raise ValueError("reference.mode=file needs reference.path")
         if self.run.checkpoint_every < 0:

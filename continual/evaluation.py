@@ -136,3 +136,35 @@ def _last_episode_view(traj, episodes: int):
         terminated=traj.terminated & keep,
         truncated=traj.truncated & keep,
     )
+
+
+def adapted_scores(
+    built: BuiltCurriculum,
+    learner,
+    names: Sequence[str],
+    steps: int,
+    episodes: int,
+    seed: int,
+    num_steps: int | None = None,
+) -> tuple[float, float]:
+    """A meta-learner's score on the task entries ``names`` before and after ``steps`` inner steps
+    from θ: :func:`metarl.meta.adapt_eval` on every task spec of the entries (``episodes``
+    sampled episodes per spec and step, one seed), each episode scored by its entry's metric,
+    then averaged over the specs of an entry and over the entries. Returns ``(pre, adapted)``."""
+    from metarl.meta import adapt_eval
+
+    from .stage_tasks import StageFamily
+
+    family = StageFamily(built, names)
+    tasks = [spec for name in dict.fromkeys(names) for spec in built.tasks[name]]
+    curves = adapt_eval(learner.policy, family, learner, tasks, steps, episodes, [seed], num_steps)
+    returns, success = curves["returns"][0], curves["success"][0]  # (tasks, steps + 1)
+    per_entry: dict[str, list[tuple[float, float]]] = {}
+    for t, task in enumerate(tasks):
+        entry = built.curriculum.task(family.entry_of(task))
+        per_entry.setdefault(entry.name, []).append(
+            (entry.score(returns[t, 0], success[t, 0]), entry.score(returns[t, -1], success[t, -1]))
+        )
+    pre = float(np.mean([np.mean([p for p, _ in v]) for v in per_entry.values()]))
+    adapted = float(np.mean([np.mean([a for _, a in v]) for v in per_entry.values()]))
+    return pre, adapted

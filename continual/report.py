@@ -28,6 +28,11 @@ def write_outputs(run: RunDir, results: dict[str, Any], name: str) -> None:
     cw.plot_performance_matrix(
         results["R"], run.plot_dir / "R.png", names, title=f"{name}: R[i, j]"
     )
+    for key, label in (("R_pre", "before adaptation"), ("R_adapt", "after adaptation")):
+        if key in results:  # a meta-learner's
+            cw.plot_performance_matrix(
+                results[key], run.plot_dir / f"{key}.png", names, title=f"{name}: {key} ({label})"
+            )
     cw.plot_task_curves(
         results["eval_steps"],
         results["curves"],
@@ -55,6 +60,10 @@ def metrics_table(results: dict[str, Any]) -> str:
     lines.append(f"| average performance | {fmt(s.get('average_performance'))} |")
     lines.append(f"| forgetting | {fmt(s.get('forgetting'))} |")
     lines.append(f"| forward transfer | {fmt(s.get('forward_transfer'))} |")
+    if "average_adapted_performance" in s:
+        lines.append(f"| average adapted performance | {fmt(s['average_adapted_performance'])} |")
+        lines.append(f"| adapted forgetting | {fmt(s['adapted_forgetting'])} |")
+        lines.append(f"| adaptation gain (last row) | {fmt(s['adaptation_gain'])} |")
     d = s.get("detection")
     if d:
         lines.append(f"| switches detected | {d['detected']}/{d['switches']} |")
@@ -67,11 +76,19 @@ def metrics_table(results: dict[str, Any]) -> str:
     lines.append(f"| wall time | {results['wall_time_s']:.0f} s |")
     if "R" in results:
         names = results["stages"]
-        lines += ["", "R[i, j]: score on stage j's tasks after stage i", ""]
-        lines.append("| after \\ task | " + " | ".join(names) + " |")
-        lines.append("| --- " * (len(names) + 1) + "|")
-        for name, row in zip(names, results["R"]):
-            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+        captions = {
+            "R": "R[i, j]: score on stage j's tasks after stage i",
+            "R_pre": "R_pre[i, j]: the same, sampled from θ (before adaptation)",
+            "R_adapt": "R_adapt[i, j]: the same after the inner steps from θ",
+        }
+        for key, caption in captions.items():
+            if key not in results:
+                continue
+            lines += ["", caption, ""]
+            lines.append("| after \\ task | " + " | ".join(names) + " |")
+            lines.append("| --- " * (len(names) + 1) + "|")
+            for name, row in zip(names, results[key]):
+                lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
         lines += ["", "| stage | forgetting | forward transfer |", "| --- | --- | --- |"]
         ft = s.get("forward_transfer_per_stage", [None] * len(names))
         for name, f, t in zip(names, s["forgetting_per_stage"], ft):

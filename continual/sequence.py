@@ -62,7 +62,7 @@ from ssm.util import legacy_stream_seed, write_atomic
 
 from . import metrics as cw
 from .config import SequenceConfig
-from .evaluation import SequenceEvaluator
+from .evaluation import SequenceEvaluator, adapted_scores
 from .learner import ContinualLearner
 from .report import metrics_table, write_outputs
 
@@ -124,6 +124,19 @@ def _config(config: SequenceConfig | str | Path | None, overrides: Iterable[str]
             return load_config(SequenceConfig, config_to_dict(config), overrides)
         return config
     return load_config(SequenceConfig, config, overrides)
+
+
+def stage_end_matrix(points: list[dict], stage_iterations: list[int], key: str) -> np.ndarray:
+    """``R[i, j] = points[at the end of stage i][key][j]``: the evaluation at each stage's last
+    iteration (a ValueError if a stage has none, or the rows do not form a square matrix)."""
+    ends = {}
+    for p in points:
+        if p["stage_iteration"] == stage_iterations[p["stage"]] and key in p:
+            ends[p["stage"]] = p[key]
+    missing = [s for s in range(len(stage_iterations)) if s not in ends]
+    if missing:
+        raise ValueError(f"no end-of-stage evaluation with {key!r} for stages {missing}")
+    return cw.check_performance_matrix([ends[s] for s in range(len(stage_iterations))])
 
 
 # --- entry points -----------------------------------------------------------------------------
@@ -358,8 +371,14 @@ class SequenceRun:
             "scores": scores,
             "tasks": tasks,
         }
-        self.h["points"].append(point)
         row = {f"eval/{st.name}": v for st, v in zip(stages, scores)}
+        at_end = stage_iteration == self.schedule.iterations[stage]
+        if self.meta_learner is not None and (at_end or stage_iteration == 0):
+            pre, adapted = self._evaluate_adapted()
+            point.update(pre_scores=pre, adapted_scores=adapted)
+            row.update({f"eval_adapt/{st.name}": v for st, v in zip(stages, adapted)})
+            row["eval_adapt/average"] = float(np.mean(adapted))
+        self.h["points"].append(point)
         return {
             "global_step": learner.global_step,
             "kind": "eval",
@@ -367,6 +386,31 @@ class SequenceRun:
             **row,
             "eval/average": float(np.mean(scores)),
         }
+
+    @property
+    def meta_learner(self):
+        """The gradient meta-learner the trainer adapts with (None for PPO and RL²)."""
+        return getattr(self.learner.trainer, "learner", None)
+
+    def _evaluate_adapted(self) -> tuple[list[float], list[float]]:
+        """Every stage's score before and after ``eval.adapt_steps`` inner steps from θ (a
+        meta-learner's R_pre and R_adapt rows; :func:`continual.evaluation.adapted_scores`)."""
+        cfg, trainer = self.cfg, self.learner.trainer
+        steps = cfg.meta.inner_steps if cfg.eval.adapt_steps is None else cfg.eval.adapt_steps
+        pre, adapted = [], []
+        for stage in self.curriculum.stages:
+            p, a = adapted_scores(
+                self.built,
+                self.meta_learner,
+                list(stage.tasks),
+                steps,
+                cfg.eval.adapt_episodes,
+                cfg.eval.seed,
+                trainer.num_steps,
+            )
+            pre.append(p)
+            adapted.append(a)
+        return pre, adapted
 
     def _policy_with(self, params: dict[str, torch.Tensor]) -> SequencePolicy:
         if self._eval_policy is None:
@@ -408,6 +452,8 @@ class SequenceRun:
                 forgetting=F,
                 forgetting_per_stage=F_i.tolist(),
             )
+            if self.meta_learner is not None:
+                summary.update(self._adaptation_summary(results))
             reference = self._reference()
             if reference is not None:
                 mine = [self.stage_curve(i) for i in range(len(names))]
@@ -423,12 +469,24 @@ class SequenceRun:
             write_outputs(self.run, results, self.curriculum.name)
         return SequenceResult(status, summary, results, self.run)
 
-    def _performance_matrix(self) -> np.ndarray:
-        ends = {}
-        for p in self.h["points"]:
-            if p["stage_iteration"] == self.schedule.iterations[p["stage"]]:
-                ends[p["stage"]] = p["scores"]
-        return cw.check_performance_matrix([ends[s] for s in range(self.schedule.num_stages)])
+    def _performance_matrix(self, key: str = "scores") -> np.ndarray:
+        """``R[i, j]``: the score on stage j's tasks at the end of stage i (``key``: ``scores``,
+        greedy θ; a meta-learner's ``pre_scores`` / ``adapted_scores``: R_pre, R_adapt)."""
+        return stage_end_matrix(self.h["points"], self.schedule.iterations, key)
+
+    def _adaptation_summary(self, results: dict[str, Any]) -> dict[str, Any]:
+        """A meta-learner judged by how well it still adapts: R_pre and R_adapt (into
+        ``results``), average adapted performance, adapted forgetting and the adaptation gain."""
+        R_pre = self._performance_matrix("pre_scores")
+        R_adapt = self._performance_matrix("adapted_scores")
+        results["R_pre"], results["R_adapt"] = R_pre.tolist(), R_adapt.tolist()
+        F, F_i = cw.forgetting(R_adapt)
+        return {
+            "average_adapted_performance": cw.average_performance(R_adapt),
+            "adapted_forgetting": F,
+            "adapted_forgetting_per_stage": F_i.tolist(),
+            "adaptation_gain": float(np.mean(R_adapt[-1] - R_pre[-1])),
+        }
 
     def stage_curve(self, stage: int) -> tuple[list[int], list[float]]:
         """Stage ``stage``'s score during its own stage: ``(steps since the stage began,

@@ -131,6 +131,10 @@ class StageFamily:
             for task in built.tasks[n]:
                 self._entry_of[task] = n
 
+    def entry_of(self, task: Task) -> str:
+        """The curriculum entry a task spec of this stage belongs to."""
+        return self._entry_of[task]
+
     def sample(self, n: int, split: str = "train", seed: int | None = None) -> list[Task]:
         """``n`` task specs of the stage (``split`` is the curriculum's business: its entries
         already name their split)."""

@@ -308,6 +308,40 @@ def test_maml_runs_inside_the_continual_harness_with_ewc_and_replay(tmp_path):
     state = RunDir.open(result.run.path).load_checkpoint()["trainer"]["learner"]
     assert state["regularizer"]["num_consolidations"] == 2  # one per stage end
     assert state["stage"] == 2
+    # judged by how well it still adapts: R_pre and R_adapt beside the greedy R
+    res = result.results
+    R_pre, R_adapt = np.array(res["R_pre"]), np.array(res["R_adapt"])
+    assert R_pre.shape == R_adapt.shape == (2, 2)
+    assert np.all((R_adapt >= 0) & (R_adapt <= 1))
+    s = result.summary
+    assert s["average_adapted_performance"] == pytest.approx(R_adapt[-1].mean())
+    assert s["adaptation_gain"] == pytest.approx((R_adapt[-1] - R_pre[-1]).mean())
+    assert s["adapted_forgetting"] == pytest.approx(np.mean(np.diag(R_adapt) - R_adapt[-1]))
+    table = (result.run.path / "metrics.md").read_text()
+    assert "R_adapt[i, j]" in table and "average adapted performance" in table
+    assert (result.run.path / "plots" / "R_adapt.png").is_file()
+
+
+def test_with_zero_adaptation_steps_r_adapt_is_r_pre():
+    result = run_sequence(tiny_config(*TINY_META, "eval.adapt_steps=0"), write=False)
+    assert result.results["R_adapt"] == result.results["R_pre"]
+    assert result.summary["adaptation_gain"] == 0.0
+
+
+def test_stage_end_matrices_take_each_stages_last_evaluation():
+    from continual.sequence import stage_end_matrix
+
+    points = [  # two stages of 3 and 2 iterations; evaluations at 0, mid-stage and the ends
+        {"stage": 0, "stage_iteration": 0, "scores": [0.0, 0.0], "adapted_scores": [0.1, 0.1]},
+        {"stage": 0, "stage_iteration": 2, "scores": [0.5, 0.0]},
+        {"stage": 0, "stage_iteration": 3, "scores": [0.9, 0.1], "adapted_scores": [0.95, 0.4]},
+        {"stage": 1, "stage_iteration": 2, "scores": [0.6, 0.8], "adapted_scores": [0.9, 0.85]},
+    ]
+    assert stage_end_matrix(points, [3, 2], "scores").tolist() == [[0.9, 0.1], [0.6, 0.8]]
+    R_adapt = stage_end_matrix(points, [3, 2], "adapted_scores")
+    assert R_adapt.tolist() == [[0.95, 0.4], [0.9, 0.85]]
+    with pytest.raises(ValueError, match="stages \\[1\\]"):
+        stage_end_matrix(points[:3], [3, 2], "scores")
 
 
 def test_a_plugin_loss_on_the_outer_loss_adds_its_gradient_to_the_meta_gradient(monkeypatch):
@@ -355,3 +389,16 @@ def test_a_curriculum_file_is_read_as_an_override_and_copied_into_the_run(tmp_pa
     assert cli_main(["--resume", str(run_path), "run.stop_after=null"]) == 0
     results = json.loads((run_path / "results.json").read_text())
     assert np.array(results["R"]).shape == (2, 2)
+
+
+def test_a_maml_sequence_resumed_at_a_stage_boundary_matches_an_uninterrupted_run(tmp_path):
+    whole = run_sequence(tiny_config(*TINY_META, root=tmp_path / "a"))
+    part = run_sequence(tiny_config(*TINY_META, "run.stop_after=2", root=tmp_path / "b"))
+    assert part.status == "stopped"
+    resumed = resume_sequence(part.run.path, ["run.stop_after=null"])
+    for key in ("R", "R_pre", "R_adapt", "curves"):
+        assert resumed.results[key] == whole.results[key], key
+    a = RunDir.open(whole.run.path).load_checkpoint()["trainer"]["learner"]["trainer"]
+    b = RunDir.open(resumed.run.path).load_checkpoint()["trainer"]["learner"]["trainer"]
+    for name, p in a["policy"].items():
+        assert torch.equal(p, b["policy"][name]), name
