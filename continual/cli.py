@@ -2,6 +2,9 @@
 
     metarl sequence CONFIG.yaml [key=value ...]    run into a new run directory, print the metrics
     metarl sequence key=value ...                  the same from the defaults (nav2d_quadrants)
+    metarl sequence CONFIG.yaml --seeds 1 2 3 [key=value ...]
+                                                   one run per seed, then an aggregate table
+                                                   (mean ± 95% CI over seeds, Student-t)
     metarl sequence --resume RUN_DIR [run.key=value ...]
     metarl sequence --list                          the shipped curricula
     metarl sequence --docs                          every config key with its description
@@ -15,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from metarl.cli_args import parse_config_args
 from metarl.config import ConfigError, field_docs
@@ -30,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. regularizer.kind=ewc")
     ap.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="run once per seed and aggregate (mean ± 95%% CI over seeds)",
+    )
     ap.add_argument("--list", action="store_true", help="list the shipped curricula")
     ap.add_argument("--docs", action="store_true", help="list every config key")
     return ap
@@ -62,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key:40s} {' '.join(doc.split())}")
         return 0
     config, overrides = parse_config_args(args.config, args.overrides)
+    if args.seeds is not None:
+        return _run_seeds(config, overrides, args)
     try:
         if args.resume:
             if config is not None:
@@ -85,6 +98,56 @@ def main(argv: list[str] | None = None) -> int:
         print(metrics_table(result.results), end="")
     else:
         print(f"resume with: metarl sequence --resume {run.path}")
+    return 0
+
+
+def _run_seeds(config, overrides: list[str], args: argparse.Namespace) -> int:
+    """One run per seed (each its own run directory), then ``aggregate.json`` and
+    ``aggregate.md`` in ``<run.root>/<name>-seeds-<seeds>/``. Everything is checked first."""
+    from curricula import CurriculumError
+    from metarl.config import load_config
+    from ssm.util import write_atomic
+
+    from .config import SequenceConfig
+    from .report import aggregate_seeds, aggregate_table
+    from .sequence import SequenceDiverged, prepare_curriculum, run_sequence
+
+    seeds = args.seeds
+    problem = None
+    if args.resume:
+        problem = "--seeds starts new runs; resume each seed's run directory on its own"
+    elif len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        problem = f"--seeds must be distinct non-negative ints, got {seeds}"
+    elif any(o.startswith("seed=") for o in overrides):
+        problem = "give the seeds with --seeds, not seed="
+    try:
+        if problem is not None:
+            raise ConfigError(problem)
+        cfgs = [load_config(SequenceConfig, config, [*overrides, f"seed={s}"]) for s in seeds]
+        name = cfgs[0].run.name or prepare_curriculum(cfgs[0]).name
+    except (ConfigError, CurriculumError) as e:
+        print(f"metarl sequence: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    results, runs = [], []
+    for seed, cfg in zip(seeds, cfgs):
+        try:
+            result = run_sequence(cfg)
+        except SequenceDiverged as e:
+            print(f"metarl sequence: seed {seed} stopped: {e}", file=sys.stderr)
+            return EXIT_DIVERGED
+        if result.status != "finished":
+            print(f"seed {seed} stopped; resume with: metarl sequence --resume {result.run.path}")
+            return 0
+        print(f"seed {seed}: {result.run.path}")
+        results.append({**result.results, "seed": seed})
+        runs.append(str(result.run.path))
+    agg = aggregate_seeds(results, runs)
+    out = Path(cfgs[0].run.root) / f"{name}-seeds-{'-'.join(map(str, seeds))}"
+    write_atomic(out / "aggregate.json", (json.dumps(agg, indent=1) + "\n").encode())
+    table = aggregate_table(agg)
+    write_atomic(out / "aggregate.md", table.encode())
+    print(table, end="")
+    print(f"wrote {out}/aggregate.json and aggregate.md")
     return 0
 
 

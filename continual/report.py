@@ -8,11 +8,18 @@ import math
 from typing import Any
 
 from metarl.run_dir import RunDir
-from ssm.util import write_atomic
+from ssm.util import mean_ci, write_atomic
 
 from . import metrics as cw
 
-__all__ = ["RESULTS_FILE", "TABLE_FILE", "metrics_table", "write_outputs"]
+__all__ = [
+    "RESULTS_FILE",
+    "TABLE_FILE",
+    "aggregate_seeds",
+    "aggregate_table",
+    "metrics_table",
+    "write_outputs",
+]
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "metrics.md"
@@ -93,4 +100,57 @@ def metrics_table(results: dict[str, Any]) -> str:
         ft = s.get("forward_transfer_per_stage", [None] * len(names))
         for name, f, t in zip(names, s["forgetting_per_stage"], ft):
             lines.append(f"| {name} | {fmt(f)} | {fmt(t)} |")
+    return "\n".join(lines) + "\n"
+
+
+AGGREGATE_KEYS = (
+    "average_performance",
+    "forgetting",
+    "forward_transfer",
+    "average_adapted_performance",
+    "adapted_forgetting",
+    "adaptation_gain",
+)
+
+
+def aggregate_seeds(results: list[dict[str, Any]], runs: list[str]) -> dict[str, Any]:
+    """The headline metrics of several seeds' runs of one config: per metric the per-seed values
+    and their mean ± 95% CI over seeds (Student-t, :func:`ssm.util.mean_ci`); the detection rate
+    and false alarms too where the detector ran."""
+    seeds = [r["seed"] for r in results]
+    metrics: dict[str, Any] = {}
+    for key in AGGREGATE_KEYS:
+        values = [r["summary"].get(key) for r in results]
+        if all(isinstance(v, int | float) for v in values):
+            metrics[key] = {"values": values, **mean_ci(values)}
+    detections = [r["summary"].get("detection") for r in results]
+    if all(detections):
+        for key in ("detection_rate", "false_alarms", "mean_delay_iterations"):
+            values = [d[key] for d in detections]
+            metrics[key] = {"values": values, **mean_ci(values)}
+    return {
+        "curriculum": results[0]["curriculum"],
+        "stages": results[0]["stages"],
+        "seeds": seeds,
+        "runs": runs,
+        "statistic": "mean ± 95% CI over seeds, Student-t",
+        "metrics": metrics,
+    }
+
+
+def aggregate_table(agg: dict[str, Any]) -> str:
+    """:func:`aggregate_seeds` as markdown."""
+    lines = [
+        f"# {agg['curriculum']}: {len(agg['seeds'])} seeds ({', '.join(map(str, agg['seeds']))})",
+        "",
+        f"{agg['statistic']}.",
+        "",
+        "| metric | mean ± 95% CI | per seed |",
+        "| --- | --- | --- |",
+    ]
+    for key, m in agg["metrics"].items():
+        per_seed = ", ".join(f"{v:.3f}" for v in m["values"])
+        label = key.replace("_", " ")
+        lines.append(f"| {label} | {m['mean']:.3f} ± {m['ci95']:.3f} | {per_seed} |")
+    lines += ["", "runs: " + ", ".join(f"`{r}`" for r in agg["runs"])]
     return "\n".join(lines) + "\n"

@@ -402,3 +402,28 @@ def test_a_maml_sequence_resumed_at_a_stage_boundary_matches_an_uninterrupted_ru
     b = RunDir.open(resumed.run.path).load_checkpoint()["trainer"]["learner"]["trainer"]
     for name, p in a["policy"].items():
         assert torch.equal(p, b["policy"][name]), name
+
+
+def test_seeds_flag_runs_each_seed_and_writes_the_aggregate_table(tmp_path, capsys):
+    code = cli_main([*TINY, f"run.root={tmp_path}", "--seeds", "1", "2"])
+    assert code == 0
+    runs = sorted(p for p in tmp_path.iterdir() if not p.name.endswith("seeds-1-2"))
+    assert len(runs) == 2
+    agg = json.loads((tmp_path / "nav2d_quadrants-seeds-1-2" / "aggregate.json").read_text())
+    assert agg["seeds"] == [1, 2] and "Student-t" in agg["statistic"]
+    per_seed = [json.loads((r / "results.json").read_text()) for r in runs]
+    ap = agg["metrics"]["average_performance"]
+    assert sorted(ap["values"]) == sorted(r["summary"]["average_performance"] for r in per_seed)
+    assert ap["mean"] == pytest.approx(np.mean(ap["values"]))
+    assert ap["n"] == 2 and ap["ci95"] > 0 or ap["values"][0] == ap["values"][1]
+    assert "mean ± 95% CI" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--seeds", "1", "1"], "distinct"), (["seed=3", "--seeds", "1"], "not seed=")],
+)
+def test_bad_seeds_are_refused_before_anything_is_written(tmp_path, capsys, extra, message):
+    assert cli_main([*TINY, f"run.root={tmp_path}", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
