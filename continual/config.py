@@ -81,6 +81,14 @@ class ReplaySettings:
     """weight of the value-cloning term (V_θ − V_stored)²"""
     relabel: bool = True
     """at a stage's end, set the stored distributions and values to the final policy's"""
+    kind: Literal["distill", "meta"] = "distill"
+    """distill: the chunk replay above (any learner; for a meta-learner it distils into θ);
+    meta: meta-replay for maml/fomaml, stored (support, query) tasks of earlier stages join every
+    meta-batch (continual.meta_replay; buffer.current_fraction and buffer.alpha apply)"""
+    meta_tasks: int = 4
+    """kind=meta: stored tasks added to each outer step"""
+    meta_tasks_per_stage: int = 16
+    """kind=meta: tasks kept from each stage (its newest)"""
 
 
 @dataclass
@@ -257,6 +265,13 @@ class SequenceConfig:
                 raise ValueError("replay.steps_per_stage must hold at least one chunk")
             if rp.buffer.capacity < rp.steps_per_stage:
                 raise ValueError("replay.buffer.capacity must be >= replay.steps_per_stage")
+            if rp.kind == "meta" and self.learner not in ("maml", "fomaml"):
+                raise ValueError(
+                    f"replay.kind=meta replays MAML tasks: it needs learner maml or fomaml, "
+                    f"got {self.learner}"
+                )
+            if rp.meta_tasks < 1 or rp.meta_tasks_per_stage < 1:
+                raise ValueError("replay.meta_tasks and replay.meta_tasks_per_stage must be >= 1")
             if rp.batch_size < 1 or rp.coef < 0 or rp.value_coef < 0:
                 raise ValueError("replay.batch_size must be >= 1, coef and value_coef >= 0")
             if rp.buffer.chunk_len > p.num_steps and self.learner == "ppo":

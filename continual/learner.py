@@ -24,6 +24,9 @@ newest sequences under its id. Then the next stage opens (optionally with fresh 
 What the Fisher and the replay see for each learner: PPO, the rollouts; RL², the trials; the
 MAML family, the support trajectories collected with θ (the meta-initialisation), so EWC there
 is the Fisher of π_θ on the stage's states, and the penalty acts on θ through the outer loss.
+For MAML/FOMAML, ``replay.kind=meta`` replays *tasks* instead (:mod:`continual.meta_replay`):
+stored (support, query) pairs of earlier stages join every outer step, in stage proportions and
+prioritized by their outer loss.
 
 The learner does not own the stage clock; the harness (:mod:`continual.sequence`) calls
 :meth:`set_tasks` at every boundary of the curriculum, told or not.
@@ -48,6 +51,7 @@ from metarl.trajectory import Trajectory
 from .config import META_LEARNERS, SequenceConfig
 from .distill import ReplayDistillation
 from .drift import DriftMonitor, StreamDetector
+from .meta_replay import MetaReplay
 from .packnet import PackNet
 from .regularizers import EWC, L2Anchor, Regularizer
 from .replay import ReplayBuffer
@@ -144,9 +148,19 @@ class ContinualLearner:
         self.trainer = make_trainer(config, policy, built, first)
         self.generator = self.trainer.generator
         self.regularizer = make_regularizer(config, policy)
-        self.replay: ReplayDistillation | None = None
-        if config.replay.enabled:
-            rp = config.replay
+        self.replay: ReplayDistillation | MetaReplay | None = None
+        rp = config.replay
+        if rp.enabled and rp.kind == "meta":
+            self.replay = MetaReplay(
+                self.trainer.learner,
+                self.generator,
+                tasks=rp.meta_tasks,
+                tasks_per_stage=rp.meta_tasks_per_stage,
+                coef=rp.coef,
+                current_fraction=rp.buffer.current_fraction,
+                alpha=rp.buffer.alpha,
+            )
+        elif rp.enabled:
             self.replay = ReplayDistillation(
                 ReplayBuffer(rp.buffer),
                 policy,
@@ -188,8 +202,8 @@ class ContinualLearner:
 
     @property
     def buffer(self) -> ReplayBuffer | None:
-        """The replay buffer (None without replay)."""
-        return None if self.replay is None else self.replay.buffer
+        """The chunk replay buffer (None without it)."""
+        return getattr(self.replay, "buffer", None)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

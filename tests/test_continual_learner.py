@@ -391,9 +391,11 @@ def test_a_curriculum_file_is_read_as_an_override_and_copied_into_the_run(tmp_pa
     assert np.array(results["R"]).shape == (2, 2)
 
 
-def test_a_maml_sequence_resumed_at_a_stage_boundary_matches_an_uninterrupted_run(tmp_path):
-    whole = run_sequence(tiny_config(*TINY_META, root=tmp_path / "a"))
-    part = run_sequence(tiny_config(*TINY_META, "run.stop_after=2", root=tmp_path / "b"))
+@pytest.mark.parametrize("replay", ["distill", "meta"])
+def test_a_maml_sequence_resumed_at_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, replay):
+    extra = [*TINY_META, f"replay.kind={replay}"]
+    whole = run_sequence(tiny_config(*extra, root=tmp_path / "a"))
+    part = run_sequence(tiny_config(*extra, "run.stop_after=2", root=tmp_path / "b"))
     assert part.status == "stopped"
     resumed = resume_sequence(part.run.path, ["run.stop_after=null"])
     for key in ("R", "R_pre", "R_adapt", "curves"):
@@ -427,3 +429,57 @@ def test_bad_seeds_are_refused_before_anything_is_written(tmp_path, capsys, extr
     assert cli_main([*TINY, f"run.root={tmp_path}", *extra]) == 2
     assert message in capsys.readouterr().err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+# -- meta-replay --------------------------------------------------------------------------------
+
+
+def _stored_tasks(sizes: dict[int, int]):
+    from types import SimpleNamespace
+
+    from continual.meta_replay import MetaReplay
+
+    replay = MetaReplay(
+        SimpleNamespace(task_losses=None),
+        torch.Generator().manual_seed(0),
+        tasks=10,
+        current_fraction=0.5,
+    )
+    for stage, n in sizes.items():
+        for _ in range(n):
+            replay.items.append({"stage": stage, "support": None, "query": None, "priority": 1.0})
+    return replay
+
+
+def test_meta_replay_draws_stage_proportions_inside_a_meta_batch():
+    replay = _stored_tasks({0: 30, 1: 10, 2: 20})  # stage 2 finished last
+    chosen, weights, counts = replay.draw(10)
+    # half from the last stage, the other half over the older ones by size (30:10 -> 4:1, by
+    # largest remainder: 3.75 -> 4, 1.25 -> 1)
+    assert counts == {0: 4, 1: 1, 2: 5}
+    stages = [replay.items[i]["stage"] for i in chosen]
+    assert {s: stages.count(s) for s in (0, 1, 2)} == counts
+    assert len(set(chosen)) == 10 and weights.max() == 1.0
+    # within a stage, the draw follows the priorities: a task with 20x the loss comes far more
+    for i, item in enumerate(replay.items):
+        if item["stage"] == 2:
+            item["priority"] = 20.0 if i == 40 else 0.05
+    hits = sum(40 in replay.draw(10)[0] for _ in range(200))
+    assert hits > 150  # 5 draws from 20 tasks: uniform would pick it ~50 times in 200
+
+
+def test_meta_replay_joins_the_maml_outer_loss_from_the_second_stage(tmp_path):
+    cfg = tiny_config(*TINY_META[:-1], "replay.enabled=true", "replay.kind=meta", root=tmp_path)
+    result = run_sequence(cfg)
+    rows = [r for r in result.run.read_metrics() if r.get("kind") != "eval"]
+    assert all("meta_replay_loss" not in r for r in rows[:2])
+    # stage 0's last iterations left 2 tasks each; every outer step of stage 1 draws 4 of them
+    assert all(r["meta_replay_tasks"] == 4 for r in rows[2:])
+    assert all(math.isfinite(r["meta_replay_loss"]) for r in rows[2:])
+    state = RunDir.open(result.run.path).load_checkpoint()["trainer"]["learner"]["replay"]
+    assert [it["stage"] for it in state["items"]] == [0] * 4 + [1] * 4
+
+
+def test_meta_replay_needs_a_maml_learner():
+    with pytest.raises(ConfigError, match="replay.kind=meta"):
+        tiny_config("replay.enabled=true", "replay.kind=meta")

@@ -169,6 +169,26 @@ class MAML(MetaLearner):
 
     # -- meta-batch -----------------------------------------------------------------------------
     @exact
+    def task_losses(
+        self,
+        params: Params,
+        supports: Support,
+        query: TaskBatch,
+        first_order: bool | None = None,
+        iteration: int = 0,
+        lrs: LearningRates | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Each task's loss ``(n_tasks,)`` of a stacked meta-batch, as a function of θ (and lrs),
+        with the per-task diagnostics."""
+        weights = self.step_weights(iteration)
+        lrs = self.inner_lrs() if lrs is None else lrs
+
+        def one(theta, rates, sup, qry):
+            return self.task_loss(theta, sup, qry, first_order, weights, rates)
+
+        return self._map(one, (params, lrs, supports, query), (None, None, 0, 0))
+
+    @exact
     def meta_loss(
         self,
         params: Params,
@@ -179,14 +199,7 @@ class MAML(MetaLearner):
         lrs: LearningRates | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean task loss over the stacked meta-batch, as a function of θ (and lrs)."""
-        weights = self.step_weights(iteration)
-        lrs = self.inner_lrs() if lrs is None else lrs
-
-        def one(theta, rates, sup, qry):
-            return self.task_loss(theta, sup, qry, first_order, weights, rates)
-
-        dims = (None, None, 0, 0)
-        per_task, aux = self._map(one, (params, lrs, supports, query), dims)
+        per_task, aux = self.task_losses(params, supports, query, first_order, iteration, lrs)
         return per_task.mean(), {"outer_loss": per_task.mean().detach()} | {
             k: v.mean() for k, v in aux.items()
         }

@@ -297,7 +297,7 @@ class MetaTrainer:
             steps_per_second=global_step / elapsed,
             extras=extras,
         )
-        self.plugins.after_iteration(pre, row.extras)
+        self.plugins.after_iteration(batch, row.extras)  # the MetaBatch: support and query
         checked = ("grad_norm",) if isinstance(learner, Reptile) else ("grad_norm", "outer_loss")
         for name in checked:
             if not math.isfinite(getattr(row, name)):
