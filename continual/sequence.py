@@ -358,10 +358,10 @@ class SequenceRun:
         for group, cols in learner.evaluation_groups(len(stages)).items():
             params = learner.evaluation_params(group)
             policy = learner.policy if params is None else self._policy_with(params)
-            names = [t for j in cols for t in stages[j].tasks]
+            names = [t for j in cols for t in stages[j].eval_tasks]
             out = self.evaluator.evaluate(policy, names)
             for j in cols:
-                scores[j] = float(np.mean([out[t]["score"] for t in stages[j].tasks]))
+                scores[j] = float(np.mean([out[t]["score"] for t in stages[j].eval_tasks]))
             tasks.update(out)
         point = {
             "step": learner.global_step,
@@ -402,7 +402,7 @@ class SequenceRun:
             p, a = adapted_scores(
                 self.built,
                 self.meta_learner,
-                list(stage.tasks),
+                list(stage.eval_tasks),
                 steps,
                 cfg.eval.adapt_episodes,
                 cfg.eval.seed,
@@ -429,6 +429,7 @@ class SequenceRun:
             "curriculum": self.curriculum.name,
             "stages": names,
             "stage_tasks": [list(s.tasks) for s in self.curriculum.stages],
+            "stage_eval_tasks": [list(s.eval_tasks) for s in self.curriculum.stages],
             "stage_iterations": list(schedule.iterations),
             "steps_per_iteration": schedule.steps_per_iteration,
             "boundaries": schedule.boundaries,
@@ -558,6 +559,7 @@ class SequenceRun:
             "tasks": [dataclasses.asdict(t) for t in self.curriculum.tasks],
             "task_id_obs": self.curriculum.task_id_obs,
             "stage_tasks": list(stage_def.tasks),
+            **({"stage_eval": list(stage_def.eval)} if stage_def.eval else {}),
             "iterations": self.schedule.iterations[stage],
             "seed": c.seed,
             "algo": c.learner,  # (the key's old name keeps reference caches valid)

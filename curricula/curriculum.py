@@ -18,6 +18,12 @@ YAML layout (the files shipped in ``curricula/data/`` are examples)::
       hammer: {family: metaworld-ml1:hammer-v3, sample: 10}   # 10 tasks drawn from the family
     stages:
       - {name: north_east, tasks: [north_east], steps: 16000}
+      - {name: ne, tasks: [ne_train], eval: [ne_test]}   # train on some tasks, score others
+
+A stage trains on ``tasks`` and is scored (its curves, ``R``, a meta-learner's ``R_adapt``) on
+``eval`` (default: ``tasks``): for a stage that is a task *distribution*, train tasks and
+held-out test tasks of one region (e.g. two ``sample`` entries of a family restricted to the
+region, one with ``split: train``, one with ``split: test``).
 
 A task entry is one or more :class:`metarl.tasks.Task` specs of one family: ``params`` gives
 one explicit task, ``sample: n`` draws ``n`` tasks of ``split`` with ``seed`` (for Meta-World ML1:
@@ -76,7 +82,7 @@ _TASK_KEYS = (
     "metric",
     "return_range",
 )
-_STAGE_KEYS = ("name", "tasks", "steps")
+_STAGE_KEYS = ("name", "tasks", "steps", "eval")
 
 
 class CurriculumError(ValueError):
@@ -115,11 +121,17 @@ class TaskEntry:
 
 @dataclass(frozen=True)
 class Stage:
-    """A set of tasks trained together for ``steps`` environment steps."""
+    """A set of tasks trained together for ``steps`` environment steps, scored on ``eval``."""
 
     name: str
     tasks: tuple[str, ...]
     steps: int
+    eval: tuple[str, ...] = ()
+    """the entries the stage is scored on (held-out tasks); empty: ``tasks``"""
+
+    @property
+    def eval_tasks(self) -> tuple[str, ...]:
+        return self.eval or self.tasks
 
 
 @dataclass(frozen=True)
@@ -291,6 +303,14 @@ def parse_curriculum(data: Any, source: str = "<dict>") -> Curriculum:
                 raise fail(f"{where}.tasks", f"unknown task {t!r}{hint} (tasks: {sorted(known)})")
         if len(set(stage_tasks)) != len(stage_tasks):
             raise fail(f"{where}.tasks", f"lists a task twice: {list(stage_tasks)}")
+        eval_tasks = raw.get("eval", [])
+        if isinstance(eval_tasks, str):
+            eval_tasks = [eval_tasks]
+        if not isinstance(eval_tasks, Sequence):
+            raise fail(f"{where}.eval", "must be a list of task names")
+        for t in eval_tasks:
+            if t not in known:
+                raise fail(f"{where}.eval", f"unknown task {t!r} (tasks: {sorted(known)})")
         steps = raw.get("steps", default_steps)
         if steps is None:
             raise fail(f"{where}.steps", "missing (and no steps_per_stage default)")
@@ -298,7 +318,7 @@ def parse_curriculum(data: Any, source: str = "<dict>") -> Curriculum:
         sname = raw.get("name", "+".join(stage_tasks))
         if not isinstance(sname, str) or not sname:
             raise fail(f"{where}.name", "must be a non-empty string")
-        stages.append(Stage(sname, tuple(stage_tasks), int(steps)))
+        stages.append(Stage(sname, tuple(stage_tasks), int(steps), tuple(eval_tasks)))
     names = [s.name for s in stages]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -61,7 +61,7 @@ class BuiltCurriculum:
         self.curriculum = curriculum
         self.families: dict[tuple, TaskFamily] = {}
         self.tasks: dict[str, list[Task]] = {}
-        used = {name for stage in curriculum.stages for name in stage.tasks}
+        used = {name for stage in curriculum.stages for name in (*stage.tasks, *stage.eval)}
         for entry in curriculum.tasks:
             key = (entry.family, entry.family_kwargs)
             if key not in self.families:

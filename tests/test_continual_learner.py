@@ -483,3 +483,18 @@ def test_meta_replay_joins_the_maml_outer_loss_from_the_second_stage(tmp_path):
 def test_meta_replay_needs_a_maml_learner():
     with pytest.raises(ConfigError, match="replay.kind=meta"):
         tiny_config("replay.enabled=true", "replay.kind=meta")
+
+
+def test_task_distribution_stages_are_scored_on_their_held_out_tasks():
+    cfg = tiny_config(
+        *TINY_META,
+        "curriculum=nav2d_quadrant_distributions",
+        "learner=fomaml",
+        "replay.kind=meta",
+        "policy.box_head=gaussian",
+    )
+    result = run_sequence(cfg, write=False)
+    evaluated = {name for p in result.results["points"] for name in p["tasks"]}
+    assert evaluated == {"ne_test", "sw_test"}  # never the train goals
+    assert result.results["stage_eval_tasks"] == [["ne_test"], ["sw_test"]]
+    assert np.array(result.results["R_adapt"]).shape == (2, 2)

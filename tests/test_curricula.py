@@ -82,6 +82,8 @@ def test_defaults_fill_task_entries_and_stage_steps():
         ({"tasks": {"a": {"params": {"goal": [0, 0]}, "metric": "reward"}}}, "metric"),
         ({"steps_per_stage": None, "stages": [{"tasks": ["a"]}]}, "missing"),
         ({"name": ""}, "name"),
+        ({"stages": [{"tasks": ["a"], "eval": ["z"]}]}, "unknown task 'z'"),
+        ({"stages": [{"tasks": ["a"], "eval": 3}]}, "list of task names"),
     ],
 )
 def test_bad_curricula_raise_naming_the_key(change, message):
@@ -168,3 +170,31 @@ def test_schedule_rounds_stages_to_whole_iterations():
     assert sched.locate(3) == (0, 3) and sched.locate(4) == (1, 0)
     with pytest.raises(ValueError):
         sched.locate(5)
+
+
+def test_a_stage_trains_on_its_tasks_and_is_scored_on_its_eval_tasks():
+    c = parse_curriculum(minimal(stages=[{"tasks": ["a"], "eval": ["b"]}, {"tasks": ["b"]}]))
+    assert c.stages[0].tasks == ("a",) and c.stages[0].eval_tasks == ("b",)
+    assert c.stages[1].eval_tasks == ("b",)  # default: its own tasks
+
+
+def test_task_distribution_stages_hold_out_disjoint_test_goals_in_each_region():
+    c = load_curriculum("nav2d_quadrant_distributions")
+    built = c.build()
+    corners = {"ne": (1, 1), "sw": (-1, -1), "nw": (-1, 1), "se": (1, -1)}
+    for region, (sx, sy) in corners.items():
+        train = [t.param("goal") for t in built.tasks[f"{region}_train"]]
+        test = [t.param("goal") for t in built.tasks[f"{region}_test"]]
+        assert len(train) == 40 and len(test) == 10
+        for gx, gy in train + test:  # inside the quadrant, off the axes
+            assert gx * sx >= 0.05 and gy * sy >= 0.05 and max(abs(gx), abs(gy)) <= 0.5
+        assert not {tuple(g) for g in train} & {tuple(g) for g in test}
+        stage = next(s for s in c.stages if s.tasks == (f"{region}_train",))
+        assert stage.eval_tasks == (f"{region}_test",)
+
+
+def test_a_nav2d_region_must_lie_in_the_goal_square():
+    from metarl.tasks import make_family
+
+    with pytest.raises(ValueError, match="goal_low and goal_high"):
+        make_family("nav2d", goal_low=[0.0, 0.0], goal_high=[0.7, 0.5])

@@ -50,11 +50,32 @@ class PointNavEnv(gym.Env):
 
 
 class Nav2DFamily(ParametricTaskFamily):
-    """Goals in ``[-0.5, 0.5]^2``, 100-step episodes."""
+    """Goals in ``[-0.5, 0.5]^2`` (or the region ``[goal_low, goal_high]`` inside it: a task
+    distribution of a continual sequence, with the same train/test checkerboard, so train and test
+    goals of a region are disjoint), 100-step episodes."""
 
-    def __init__(self, max_episode_steps: int = 100) -> None:
+    def __init__(
+        self,
+        max_episode_steps: int = 100,
+        goal_low: tuple[float, float] | list[float] = (GOAL_LOW, GOAL_LOW),
+        goal_high: tuple[float, float] | list[float] = (GOAL_HIGH, GOAL_HIGH),
+    ) -> None:
+        low, high = np.asarray(goal_low, np.float64), np.asarray(goal_high, np.float64)
+        if (
+            low.shape != (2,)
+            or high.shape != (2,)
+            or not np.all(np.isfinite(low) & np.isfinite(high))
+            or np.any(low < GOAL_LOW)
+            or np.any(high > GOAL_HIGH)
+            or np.any(high - low < 0.1)
+        ):
+            raise ValueError(
+                f"goal_low and goal_high must be two [x, y] corners inside [{GOAL_LOW}, "
+                f"{GOAL_HIGH}]^2, at least 0.1 apart per axis; got {goal_low}, {goal_high}"
+            )
         self.name = "nav2d"
         self.max_episode_steps = max_episode_steps
+        self.goal_low, self.goal_high = low, high
 
     @property
     def observation_space(self) -> gym.spaces.Box:
@@ -65,7 +86,7 @@ class Nav2DFamily(ParametricTaskFamily):
         return PointNavEnv.action_space
 
     def draw_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"goal": rng.uniform(GOAL_LOW, GOAL_HIGH, 2)}
+        return {"goal": rng.uniform(self.goal_low, self.goal_high)}
 
     def split_of(self, params: dict[str, Any]) -> str:
         unit = (np.asarray(params["goal"]) - GOAL_LOW) / (GOAL_HIGH - GOAL_LOW)
