@@ -36,9 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     ap.add_argument(
         "--seeds",
-        type=int,
-        nargs="+",
-        metavar="SEED",
+        type=_seed_list,
+        metavar="SEED [SEED ...]",
         help="run once per seed and aggregate (mean ± 95%% CI over seeds)",
     )
     ap.add_argument("--list", action="store_true", help="list the shipped curricula")
@@ -46,8 +45,33 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be ints, got {text!r}") from None
+
+
+def _group_seeds(argv: list[str]) -> list[str]:
+    """``--seeds 1 2 3 key=value`` -> ``--seeds=1,2,3 key=value``: the seeds end at the first
+    argument that is not an int, so overrides may follow them."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--seeds":
+            j = i + 1
+            while j < len(argv) and argv[j].lstrip("-").isdigit():
+                j += 1
+            out.append("--seeds=" + ",".join(argv[i + 1 : j]))
+            i = j
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = _group_seeds(sys.argv[1:] if argv is None else list(argv))
+    args = _parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from curricula import CurriculumError, available_curricula, load_curriculum
 

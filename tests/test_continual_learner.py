@@ -407,7 +407,7 @@ def test_a_maml_sequence_resumed_at_a_stage_boundary_matches_an_uninterrupted_ru
 
 
 def test_seeds_flag_runs_each_seed_and_writes_the_aggregate_table(tmp_path, capsys):
-    code = cli_main([*TINY, f"run.root={tmp_path}", "--seeds", "1", "2"])
+    code = cli_main([*TINY[:3], "--seeds", "1", "2", *TINY[3:], f"run.root={tmp_path}"])
     assert code == 0
     runs = sorted(p for p in tmp_path.iterdir() if not p.name.endswith("seeds-1-2"))
     assert len(runs) == 2
@@ -423,7 +423,7 @@ def test_seeds_flag_runs_each_seed_and_writes_the_aggregate_table(tmp_path, caps
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--seeds", "1", "1"], "distinct"), (["seed=3", "--seeds", "1"], "not seed=")],
+    [(["--seeds", "1", "1"], "distinct"), (["--seeds", "1", "seed=3"], "not seed=")],
 )
 def test_bad_seeds_are_refused_before_anything_is_written(tmp_path, capsys, extra, message):
     assert cli_main([*TINY, f"run.root={tmp_path}", *extra]) == 2
