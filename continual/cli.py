@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -70,8 +71,9 @@ def _group_seeds(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = _group_seeds(sys.argv[1:] if argv is None else list(argv))
-    args = _parser().parse_intermixed_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_intermixed_args(_group_seeds(given))
+    args.argv = given
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from curricula import CurriculumError, available_curricula, load_curriculum
 
@@ -166,6 +168,13 @@ def _run_seeds(config, overrides: list[str], args: argparse.Namespace) -> int:
         results.append({**result.results, "seed": seed})
         runs.append(str(result.run.path))
     agg = aggregate_seeds(results, runs)
+    meta = json.loads((Path(runs[0]) / "meta.json").read_text())
+    agg["meta"] = {  # the first run's provenance: the command, commit and machine
+        "command": "metarl sequence " + " ".join(args.argv),
+        **{k: meta.get(k) for k in ("git_commit", "git_dirty", "python", "torch", "hostname")},
+        "cpus": os.cpu_count(),
+        "wall_time_s": sum(r["wall_time_s"] for r in results),
+    }
     out = Path(cfgs[0].run.root) / f"{name}-seeds-{'-'.join(map(str, seeds))}"
     write_atomic(out / "aggregate.json", (json.dumps(agg, indent=1) + "\n").encode())
     table = aggregate_table(agg)

@@ -143,6 +143,16 @@ def aggregate_table(agg: dict[str, Any]) -> str:
     lines = [
         f"# {agg['curriculum']}: {len(agg['seeds'])} seeds ({', '.join(map(str, agg['seeds']))})",
         "",
+    ]
+    meta = agg.get("meta")
+    if meta:
+        lines += [
+            f"`{meta['command']}` at {meta.get('git_commit')}"
+            f"{' (dirty)' if meta.get('git_dirty') else ''}; {meta.get('cpus')} CPUs, torch "
+            f"{meta.get('torch')}; {meta.get('wall_time_s', 0):.0f} s of training in all.",
+            "",
+        ]
+    lines += [
         f"{agg['statistic']}.",
         "",
         "| metric | mean ± 95% CI | per seed |",
