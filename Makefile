@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 run: setup
-	$(VENV)/bin/metarl sequence experiments/configs/sequence_quick.yaml regularizer.kind=ewc reference.mode=run
+	$(VENV)/bin/metarl sequence experiments/configs/sequence_meta_quick.yaml
 
 bench: setup
 	$(PY) experiments/bench_ssm.py
