@@ -144,6 +144,15 @@ class DriftSettings:
     max_delay_iterations: int | None = None
     """scoring: a detection later than this after a switch counts as a miss (None: any before
     the next switch)"""
+    adapt_on_drift: bool = False
+    """meta-learners: at a detection, adapt θ on the newest support batch (all its tasks as one
+    support set: the new distribution) and act with those parameters for adapt_iterations
+    iterations while meta-training goes on (logged as acting_return; without it θ acts)"""
+    adapt_iterations: int = 5
+    """meta-learners: iterations the parameters adapted at a detection act for"""
+    acting_tasks: int = 8
+    """meta-learners with drift detection: fresh tasks of the current stage the acting policy
+    plays one episode of every iteration (its return is acting_return)"""
 
 
 @dataclass
@@ -286,11 +295,18 @@ class SequenceConfig:
                     "the regulariser and replay plugins act on an Adam/SGD outer step: use "
                     "meta.outer=adam (or sgd) with them, not trpo"
                 )
+            if d.adapt_iterations < 1 or d.acting_tasks < 1:
+                raise ValueError("drift.adapt_iterations and drift.acting_tasks must be >= 1")
             if d.enabled and d.stream != "return":
                 raise ValueError(
                     f"drift.stream={d.stream!r} reads a PPO critic; with a meta-learner watch "
                     "drift.stream=return (the return before adaptation)"
                 )
+        if d.adapt_on_drift and (self.learner not in META_LEARNERS or not d.enabled):
+            raise ValueError(
+                "drift.adapt_on_drift adapts a meta-learner at detections: it needs learner "
+                "maml, fomaml, imaml or reptile and drift.enabled=true"
+            )
         if d.scale <= 0 or d.discard_recent < 0:
             raise ValueError("drift.scale must be > 0 and drift.discard_recent >= 0")
         e = self.eval

@@ -48,6 +48,7 @@ from metarl.plugins import Plugin, PluginList, StageEnd
 from metarl.ppo import PPOTrainer
 from metarl.trajectory import Trajectory
 
+from .adapt_on_drift import ActingPolicy
 from .config import META_LEARNERS, SequenceConfig
 from .distill import ReplayDistillation
 from .drift import DriftMonitor, StreamDetector
@@ -181,6 +182,10 @@ class ContinualLearner:
         else:
             self.steps_per_iteration = self.trainer.source.steps_per_iteration
         self.monitor = make_monitor(config)
+        self.acting: ActingPolicy | None = None
+        if isinstance(self.trainer, MetaTrainer) and config.drift.enabled:
+            d = config.drift
+            self.acting = ActingPolicy(d.adapt_on_drift, d.adapt_iterations, d.acting_tasks)
         self.stage = 0  # the learner's own stage: the known stage, or detections so far
         self.stage_iteration = 0
         self.detections: list[dict[str, Any]] = []
@@ -253,6 +258,8 @@ class ContinualLearner:
         self.recent.append(self.trainer.last_batch)
         row = {"iteration": row.pop("iteration"), "learner_stage": self.stage, **row}
         row["detection"] = self.observe(row)
+        if self.acting is not None:
+            row.update(self.acting.step(self.trainer, row["detection"]))
         return row
 
     def plugin_penalty(self, params: dict[str, Tensor] | None = None) -> Tensor:
@@ -381,6 +388,7 @@ class ContinualLearner:
             "monitor": None if self.monitor is None else self.monitor.state_dict(),
             "stream_previous": self._stream_previous,
             "snapshots": [dict(p) for p in self._snapshots],
+            "acting": None if self.acting is None else self.acting.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -398,8 +406,8 @@ class ContinualLearner:
             maxlen=self._snapshots.maxlen,
         )
         self.recent = deque((Trajectory(**t) for t in state["recent"]), maxlen=self.recent.maxlen)
-        for name in ("regularizer", "replay", "monitor"):
-            mine, saved = getattr(self, name), state[name]
+        for name in ("regularizer", "replay", "monitor", "acting"):
+            mine, saved = getattr(self, name), state.get(name)
             if (mine is None) != (saved is None):
                 raise ValueError(f"the checkpoint's {name} plugin does not match the config's")
             if mine is not None:

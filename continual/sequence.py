@@ -61,6 +61,7 @@ from ssm.policy import SequencePolicy
 from ssm.util import legacy_stream_seed, write_atomic
 
 from . import metrics as cw
+from .adapt_on_drift import post_switch_returns
 from .config import SequenceConfig
 from .evaluation import SequenceEvaluator, adapted_scores
 from .learner import ContinualLearner
@@ -258,6 +259,8 @@ class SequenceRun:
         learner.stage_progress(h["stage_iteration"], n)
         row = learner.step()
         h["stage_iteration"] += 1
+        if "acting_return" in row:  # a meta-learner's acting agent (drift detection on)
+            h.setdefault("acting", []).append([row["iteration"], row["acting_return"]])
         rows.append({"global_step": learner.global_step, "stage": s, **row})
         last = h["stage_iteration"] == n
         if last and self.cfg.boundaries == "known":
@@ -455,6 +458,9 @@ class SequenceRun:
             )
             if self.meta_learner is not None:
                 summary.update(self._adaptation_summary(results))
+            if self.h.get("acting"):
+                results["acting"] = self._acting_report()
+                summary["post_switch_acting_return"] = results["acting"]["mean"]
             reference = self._reference()
             if reference is not None:
                 mine = [self.stage_curve(i) for i in range(len(names))]
@@ -487,6 +493,22 @@ class SequenceRun:
             "adapted_forgetting": F,
             "adapted_forgetting_per_stage": F_i.tolist(),
             "adaptation_gain": float(np.mean(R_adapt[-1] - R_pre[-1])),
+        }
+
+    def _acting_report(self) -> dict[str, Any]:
+        """The acting agent's return over the ``drift.adapt_iterations`` iterations after each
+        true switch (with or without adapt-on-drift, as configured)."""
+        window = self.cfg.drift.adapt_iterations
+        rows = [{"iteration": i, "acting_return": v} for i, v in self.h["acting"]]
+        switches = [self.schedule.start_iteration(s) for s in range(1, self.schedule.num_stages)]
+        per_switch = post_switch_returns(rows, switches, window)
+        return {
+            "adapt_on_drift": self.cfg.drift.adapt_on_drift,
+            "window_iterations": window,
+            "switch_iterations": switches,
+            "post_switch_returns": per_switch,
+            "mean": float(np.nanmean(per_switch)) if per_switch else math.nan,
+            "acting_returns": self.h["acting"],
         }
 
     def stage_curve(self, stage: int) -> tuple[list[int], list[float]]:

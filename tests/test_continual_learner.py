@@ -391,9 +391,18 @@ def test_a_curriculum_file_is_read_as_an_override_and_copied_into_the_run(tmp_pa
     assert np.array(results["R"]).shape == (2, 2)
 
 
-@pytest.mark.parametrize("replay", ["distill", "meta"])
-def test_a_maml_sequence_resumed_at_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, replay):
-    extra = [*TINY_META, f"replay.kind={replay}"]
+@pytest.mark.parametrize(
+    "more",
+    [
+        ["replay.kind=distill"],
+        ["replay.kind=meta"],
+        ["replay.kind=meta", "drift.enabled=true", "drift.stream=return"]
+        + ["drift.adapt_on_drift=true", "drift.acting_tasks=2"],
+    ],
+    ids=["distill", "meta-replay", "meta-replay+acting"],
+)
+def test_a_maml_sequence_resumed_at_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, more):
+    extra = [*TINY_META, *more]
     whole = run_sequence(tiny_config(*extra, root=tmp_path / "a"))
     part = run_sequence(tiny_config(*extra, "run.stop_after=2", root=tmp_path / "b"))
     assert part.status == "stopped"
@@ -498,3 +507,46 @@ def test_task_distribution_stages_are_scored_on_their_held_out_tasks():
     assert evaluated == {"ne_test", "sw_test"}  # never the train goals
     assert result.results["stage_eval_tasks"] == [["ne_test"], ["sw_test"]]
     assert np.array(result.results["R_adapt"]).shape == (2, 2)
+
+
+# -- adapt on drift -----------------------------------------------------------------------------
+
+DRIFT_META = [
+    "boundaries=hidden",
+    "drift.enabled=true",
+    "drift.stream=return",
+    "drift.transform=fall",
+    "drift.acting_tasks=2",
+    "drift.adapt_iterations=2",
+]
+
+
+def test_the_acting_agent_adapts_at_a_detection_and_acts_with_phi_for_a_window():
+    cfg = tiny_config(*TINY_META, *DRIFT_META, "drift.adapt_on_drift=true")
+    built = prepare_curriculum(cfg).build()
+    torch.manual_seed(0)
+    learner = ContinualLearner(build_policy(cfg, built), cfg, built)
+    learner.trainer.step()
+    acting = learner.acting
+    first = acting.step(learner.trainer, detected=False)
+    assert first["acting_adapted"] is False and math.isfinite(first["acting_return"])
+    theta = learner.trainer.learner.params()
+    rows = [acting.step(learner.trainer, detected=True)]
+    rows += [acting.step(learner.trainer, detected=False) for _ in range(2)]
+    assert [r["acting_adapted"] for r in rows] == [True, True, False]  # a 2-iteration window
+    assert any(not torch.equal(acting.phi[k], theta[k]) for k in theta)  # φ moved from θ
+
+
+def test_without_adapt_on_drift_theta_acts_and_the_report_has_one_value_per_switch():
+    result = run_sequence(tiny_config(*TINY_META, *DRIFT_META), write=False)
+    report = result.results["acting"]
+    assert report["adapt_on_drift"] is False and report["switch_iterations"] == [2]
+    assert len(report["post_switch_returns"]) == 1
+    assert [i for i, _ in report["acting_returns"]] == [1, 2, 3, 4]
+
+
+def test_post_switch_returns_average_the_window_after_each_switch():
+    from continual.adapt_on_drift import post_switch_returns
+
+    rows = [{"iteration": i, "acting_return": float(i)} for i in range(1, 11)]
+    assert post_switch_returns(rows, [3, 7], window=2) == [4.5, 8.5]  # (4+5)/2, (8+9)/2
