@@ -110,6 +110,7 @@ AGGREGATE_KEYS = (
     "average_adapted_performance",
     "adapted_forgetting",
     "adaptation_gain",
+    "post_switch_acting_return",
 )
 
 
