@@ -49,12 +49,29 @@ class _HalfCheetahFamily(ParametricTaskFamily):
 
 
 class HalfCheetahVelFamily(_HalfCheetahFamily):
-    """Run at a target forward velocity in ``[0, 2]``."""
+    """Run at a target forward velocity in ``[0, 2]`` (or in ``[velocity_low, velocity_high]``
+    inside it: a task distribution of a continual sequence; the split is the same 20 intervals,
+    so a range's train and test targets are disjoint)."""
 
     name = "halfcheetah-vel"
 
+    def __init__(
+        self,
+        max_episode_steps: int = 200,
+        velocity_low: float = VELOCITY_RANGE[0],
+        velocity_high: float = VELOCITY_RANGE[1],
+    ) -> None:
+        lo, hi = float(velocity_low), float(velocity_high)
+        if not VELOCITY_RANGE[0] <= lo < hi <= VELOCITY_RANGE[1] or hi - lo < 0.2:
+            raise ValueError(
+                f"velocity_low < velocity_high must lie in {list(VELOCITY_RANGE)}, at least 0.2 "
+                f"apart; got {velocity_low}, {velocity_high}"
+            )
+        super().__init__(max_episode_steps)
+        self.velocity_low, self.velocity_high = lo, hi
+
     def draw_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"target_velocity": rng.uniform(*VELOCITY_RANGE)}
+        return {"target_velocity": rng.uniform(self.velocity_low, self.velocity_high)}
 
     def split_of(self, params: dict[str, Any]) -> str:
         lo, hi = VELOCITY_RANGE

@@ -46,8 +46,17 @@ class MetaWorldFamily(TaskFamily):
     """One Meta-World benchmark; ``env_name`` (e.g. ``"reach-v3"``) is required for ML1."""
 
     def __init__(
-        self, benchmark: str, env_name: str | None = None, benchmark_seed: int = 0
+        self,
+        benchmark: str,
+        env_name: str | None = None,
+        benchmark_seed: int = 0,
+        max_episode_steps: int = MAX_PATH_LENGTH,
     ) -> None:
+        if not isinstance(max_episode_steps, int) or not 1 <= max_episode_steps <= MAX_PATH_LENGTH:
+            raise ValueError(
+                f"max_episode_steps must be an int in [1, {MAX_PATH_LENGTH}], got "
+                f"{max_episode_steps!r}"
+            )
         if benchmark not in BENCHMARKS:
             raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {benchmark!r}")
         self.name = f"metaworld-{benchmark}" + (f":{env_name}" if benchmark == "ml1" else "")
@@ -61,7 +70,7 @@ class MetaWorldFamily(TaskFamily):
         self.benchmark = benchmark
         self.env_name = env_name
         self.benchmark_seed = benchmark_seed
-        self.max_episode_steps = MAX_PATH_LENGTH
+        self.max_episode_steps = max_episode_steps
 
     @property
     def observation_space(self) -> gym.spaces.Box:
