@@ -198,3 +198,31 @@ def test_a_nav2d_region_must_lie_in_the_goal_square():
 
     with pytest.raises(ValueError, match="goal_low and goal_high"):
         make_family("nav2d", goal_low=[0.0, 0.0], goal_high=[0.7, 0.5])
+
+
+def test_velocity_ranges_and_ml1_sequences_hold_out_their_test_tasks():
+    built = load_curriculum("halfcheetah_vel_ranges").build()
+    for name, (lo, hi) in {"slow": (0.0, 0.7), "medium": (0.7, 1.4), "fast": (1.4, 2.0)}.items():
+        train = [t.param("target_velocity") for t in built.tasks[f"{name}_train"]]
+        test = [t.param("target_velocity") for t in built.tasks[f"{name}_test"]]
+        assert all(lo <= v <= hi for v in train + test) and not set(train) & set(test)
+    ml1 = load_curriculum("ml1_sequence").build()
+    assert ml1.max_episode_steps == 150
+    for name in ("reach", "push", "pick_place"):
+        assert {t.split for t in ml1.tasks[f"{name}_train"]} == {"train"}
+        assert {t.split for t in ml1.tasks[f"{name}_test"]} == {"test"}
+
+
+@pytest.mark.parametrize(
+    ("family", "kwargs", "message"),
+    [
+        ("halfcheetah-vel", {"velocity_low": 1.0, "velocity_high": 0.5}, "velocity_low"),
+        ("halfcheetah-vel", {"velocity_low": 0.0, "velocity_high": 2.5}, "velocity_low"),
+        ("metaworld-ml1:reach-v3", {"max_episode_steps": 600}, "max_episode_steps"),
+    ],
+)
+def test_bad_task_distribution_ranges_are_refused(family, kwargs, message):
+    from metarl.tasks import make_family
+
+    with pytest.raises(ValueError, match=message):
+        make_family(family, **kwargs)
