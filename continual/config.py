@@ -168,7 +168,9 @@ class EvalSettings:
     seed: int = 12345
     """env seed of every evaluation (the same each time, so curves compare like with like)"""
     adapt_steps: int | None = None
-    """meta-learners: inner steps of the adapted evaluation (R_adapt); None: meta.inner_steps"""
+    """meta-learners: inner steps of the adapted evaluation (R_adapt); None: meta.inner_steps.
+    learner=ppo with a value: that many fine-tuning steps (SGD on the VPG surrogate at
+    meta.inner_lr, the non-meta baseline); null: no adapted evaluation for PPO"""
     adapt_episodes: int = 4
     """meta-learners: sampled episodes per task and step of the adapted evaluation (the support
     each inner step adapts on, and the episodes it is scored on)"""

@@ -71,6 +71,7 @@ def metrics_table(results: dict[str, Any]) -> str:
         lines.append(f"| average adapted performance | {fmt(s['average_adapted_performance'])} |")
         lines.append(f"| adapted forgetting | {fmt(s['adapted_forgetting'])} |")
         lines.append(f"| adaptation gain (last row) | {fmt(s['adaptation_gain'])} |")
+        lines.append(f"| adaptation from scratch | {fmt(s.get('scratch_adapted_performance'))} |")
     d = s.get("detection")
     if d:
         lines.append(f"| switches detected | {d['detected']}/{d['switches']} |")
@@ -111,6 +112,7 @@ AGGREGATE_KEYS = (
     "adapted_forgetting",
     "adaptation_gain",
     "post_switch_acting_return",
+    "scratch_adapted_performance",
 )
 
 

@@ -220,6 +220,7 @@ class SequenceRun:
             asynchronous=cfg.async_envs,
         )
         self._eval_policy: SequencePolicy | None = None
+        self._finetuner = None
         self.h: dict[str, Any] = {"stage": 0, "stage_iteration": 0, "points": [], "elapsed": 0.0}
         self._started = time.perf_counter()
         self._tasks_of: int | None = None  # the stage whose tasks the learner has
@@ -392,14 +393,27 @@ class SequenceRun:
 
     @property
     def meta_learner(self):
-        """The gradient meta-learner the trainer adapts with (None for PPO and RL²)."""
-        return getattr(self.learner.trainer, "learner", None)
+        """What adapts θ in the adapted evaluation: the meta-learner's own learner; for PPO with
+        ``eval.adapt_steps`` set, plain fine-tuning (SGD on the VPG surrogate at
+        ``meta.inner_lr``, :func:`metarl.meta.finetune_learner`: the non-meta baseline); None for
+        RL² and for PPO without it."""
+        own = getattr(self.learner.trainer, "learner", None)
+        if own is not None:
+            return own
+        if self.cfg.learner == "ppo" and self.cfg.eval.adapt_steps:
+            if self._finetuner is None:
+                from metarl.meta import finetune_learner
+
+                self._finetuner = finetune_learner(self.learner.policy, self.cfg.meta)
+            return self._finetuner
+        return None
 
     def _evaluate_adapted(self) -> tuple[list[float], list[float]]:
         """Every stage's score before and after ``eval.adapt_steps`` inner steps from θ (a
         meta-learner's R_pre and R_adapt rows; :func:`continual.evaluation.adapted_scores`)."""
         cfg, trainer = self.cfg, self.learner.trainer
         steps = cfg.meta.inner_steps if cfg.eval.adapt_steps is None else cfg.eval.adapt_steps
+        num_steps = getattr(trainer, "num_steps", None) or self.built.max_episode_steps
         pre, adapted = [], []
         for stage in self.curriculum.stages:
             p, a = adapted_scores(
@@ -409,7 +423,7 @@ class SequenceRun:
                 steps,
                 cfg.eval.adapt_episodes,
                 cfg.eval.seed,
-                trainer.num_steps,
+                num_steps,
             )
             pre.append(p)
             adapted.append(a)
@@ -488,11 +502,16 @@ class SequenceRun:
         R_adapt = self._performance_matrix("adapted_scores")
         results["R_pre"], results["R_adapt"] = R_pre.tolist(), R_adapt.tolist()
         F, F_i = cw.forgetting(R_adapt)
+        # the first evaluation adapts the untrained initialisation: adaptation from scratch
+        first = next((p for p in self.h["points"] if "adapted_scores" in p), None)
         return {
             "average_adapted_performance": cw.average_performance(R_adapt),
             "adapted_forgetting": F,
             "adapted_forgetting_per_stage": F_i.tolist(),
             "adaptation_gain": float(np.mean(R_adapt[-1] - R_pre[-1])),
+            "scratch_adapted_performance": (
+                float(np.mean(first["adapted_scores"])) if first is not None else math.nan
+            ),
         }
 
     def _acting_report(self) -> dict[str, Any]:

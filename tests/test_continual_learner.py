@@ -550,3 +550,18 @@ def test_post_switch_returns_average_the_window_after_each_switch():
 
     rows = [{"iteration": i, "acting_return": float(i)} for i in range(1, 11)]
     assert post_switch_returns(rows, [3, 7], window=2) == [4.5, 8.5]  # (4+5)/2, (8+9)/2
+
+
+def test_ppo_with_adapt_steps_is_judged_by_fine_tuning_and_scratch_is_the_first_row():
+    cfg = tiny_config(
+        "curriculum=nav2d_quadrant_distributions", "eval.adapt_steps=1", "regularizer.kind=ewc"
+    )
+    result = run_sequence(cfg, write=False)
+    R_adapt = np.array(result.results["R_adapt"])
+    assert R_adapt.shape == (2, 2)
+    first = next(p for p in result.results["points"] if "adapted_scores" in p)
+    assert first["iteration"] == 0  # before any training: adaptation from scratch
+    s = result.summary
+    assert s["scratch_adapted_performance"] == pytest.approx(np.mean(first["adapted_scores"]))
+    plain = run_sequence(tiny_config("curriculum=nav2d_quadrant_distributions"), write=False)
+    assert "R_adapt" not in plain.results  # PPO without adapt_steps: Continual World metrics
