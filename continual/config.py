@@ -31,6 +31,7 @@ __all__ = [
     "RegularizerSettings",
     "ReplaySettings",
     "SequenceConfig",
+    "SkillGrowthSettings",
 ]
 
 
@@ -188,6 +189,18 @@ class ReferenceSettings:
 
 
 @dataclass
+class SkillGrowthSettings:
+    """The skill library a run grows (continual.skill_growth)."""
+
+    library: str | None = None
+    """a skill library path (created if missing); None: no skills are stored"""
+    tasks_per_stage: int = 2
+    """meta-learners: tasks of each ended stage whose adapted policies become skills"""
+    sink: str = "library"
+    """the provider in the metarl.skill_sinks entry-point group ('library': skills.SkillLibrary)"""
+
+
+@dataclass
 class SequenceConfig:
     """One continual run through a curriculum: ``metarl sequence CONFIG.yaml key=value ...``."""
 
@@ -231,6 +244,8 @@ class SequenceConfig:
     """evaluation of every task along the sequence"""
     reference: ReferenceSettings = field(default_factory=ReferenceSettings)
     """single-task reference for forward transfer"""
+    skills: SkillGrowthSettings = field(default_factory=SkillGrowthSettings)
+    """the skill library the run grows at stage ends"""
     run: RunConfig = field(default_factory=RunConfig)
     """run directory (name default: the curriculum's) and checkpoints: one at every stage end,
     plus one every run.checkpoint_every iterations within stages (0: none)"""
@@ -318,6 +333,8 @@ class SequenceConfig:
             )
         if e.adapt_steps is not None and e.adapt_steps < 0:
             raise ValueError(f"eval.adapt_steps must be >= 0 or null, got {e.adapt_steps}")
+        if self.skills.tasks_per_stage < 1:
+            raise ValueError("skills.tasks_per_stage must be >= 1")
         if self.reference.mode == "file" and not self.reference.path:
             raise ValueError("reference.mode=file needs reference.path")
         if self.run.checkpoint_every < 0:

@@ -56,6 +56,7 @@ from metarl.cli_args import check_resume_overrides
 from metarl.config import config_to_dict, dump_config, load_config
 from metarl.harness import TrainingDiverged, restore, run_loop, seed_everything
 from metarl.run_dir import RunDir
+from metarl.skill_sink import skill_sink_opener
 from metarl.tracking import Tracker
 from ssm.policy import SequencePolicy
 from ssm.util import legacy_stream_seed, write_atomic
@@ -66,6 +67,7 @@ from .config import SequenceConfig
 from .evaluation import SequenceEvaluator, adapted_scores
 from .learner import ContinualLearner
 from .report import metrics_table, write_outputs
+from .skill_growth import SkillGrowth
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,8 @@ def run_sequence(
     file is copied into it (``curriculum.yaml``), and a resume reads that copy."""
     cfg = _config(config, overrides)
     curriculum = prepare_curriculum(cfg)
+    if cfg.skills.library is not None:
+        skill_sink_opener(cfg.skills.sink)  # no provider: a config error before anything is written
     if not write:
         return SequenceRun(cfg, curriculum).run_in_memory()
     if run is None:
@@ -209,6 +213,18 @@ class SequenceRun:
         seed_everything(cfg.seed)
         policy = build_policy(cfg, self.built)
         self.learner = ContinualLearner(policy, cfg, self.built, list(curriculum.stages[0].tasks))
+        self.skill_growth: SkillGrowth | None = None
+        if cfg.skills.library is not None:
+            sink = skill_sink_opener(cfg.skills.sink)(cfg.skills.library)
+            self.skill_growth = SkillGrowth(
+                sink,
+                self.learner.trainer,
+                cfg.skills.tasks_per_stage,
+                curriculum.stage_names,
+                episodes=cfg.eval.adapt_episodes,
+            )
+            self.skill_growth.run_name = curriculum.name
+            self.learner.plugins.append(self.skill_growth)
         self.schedule = StageSchedule.from_curriculum(curriculum, self.learner.steps_per_iteration)
         self.evaluator = SequenceEvaluator(
             self.built,
@@ -321,6 +337,8 @@ class SequenceRun:
     def run_in(self, run: RunDir, resuming: bool) -> SequenceResult:
         """Through the one harness, into ``run``."""
         self.run = run
+        if self.skill_growth is not None:
+            self.skill_growth.run_name = run.path.name
         if resuming:
             restore(run, self)
         tracker = Tracker(
@@ -457,6 +475,7 @@ class SequenceRun:
             "detections": list(self.learner.detections),
             "learner_stages": self.learner.stage + (0 if cfg.boundaries == "known" else 1),
             "wall_time_s": self.h["elapsed"],
+            "skills": [] if self.skill_growth is None else list(self.skill_growth.added),
             "global_step": self.learner.global_step,
             "status": status,
         }

@@ -565,3 +565,33 @@ def test_ppo_with_adapt_steps_is_judged_by_fine_tuning_and_scratch_is_the_first_
     assert s["scratch_adapted_performance"] == pytest.approx(np.mean(first["adapted_scores"]))
     plain = run_sequence(tiny_config("curriculum=nav2d_quadrant_distributions"), write=False)
     assert "R_adapt" not in plain.results  # PPO without adapt_steps: Continual World metrics
+
+
+# -- a run grows a skill library ----------------------------------------------------------------
+
+
+def test_a_meta_sequence_grows_a_skill_library_with_provenance(tmp_path):
+    from skills import SkillLibrary
+
+    library = tmp_path / "lib"
+    extra = ["curriculum=nav2d_quadrant_distributions", "policy.box_head=gaussian"]
+    cfg = tiny_config(*TINY_META, *extra, f"skills.library={library}", root=tmp_path / "runs")
+    result = run_sequence(cfg)
+    names = result.results["skills"]
+    assert len(names) == 4  # 2 tasks x 2 stages
+    lib = SkillLibrary.open(library)
+    assert sorted(lib.list()) == sorted(names)
+    info = lib.info(names[-1])
+    prov = info.metadata["provenance"]
+    assert prov["run"] == result.run.path.name and prov["stage"] == 1
+    assert prov["adapt_steps"] == 1 and prov["task"]["family"] == "nav2d"
+    skill = lib.get(names[0])
+    action, _ = skill.act(np.zeros(skill.spec.obs_shape, np.float32))
+    assert np.all(np.isfinite(action))
+
+
+def test_an_unknown_skill_sink_is_refused_before_anything_is_written(tmp_path):
+    cfg = tiny_config(f"skills.library={tmp_path / 'lib'}", "skills.sink=nope", root=tmp_path)
+    with pytest.raises(ConfigError, match="no skill sink 'nope'"):
+        run_sequence(cfg)
+    assert not any(tmp_path.iterdir())
