@@ -10,12 +10,11 @@ group (``skills`` registers ``library = "skills.source:open_sink"``), the same m
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from torch import Tensor, nn
 
-from .config import ConfigError
+from .providers import load_provider
 
 __all__ = ["SKILL_SINKS", "SkillSink", "skill_sink_opener"]
 
@@ -43,12 +42,4 @@ class SkillSink(Protocol):
 def skill_sink_opener(provider: str) -> Callable[[str], SkillSink]:
     """The callable the ``provider`` entry point of :data:`SKILL_SINKS` names (it takes a path);
     a :class:`~metarl.config.ConfigError` naming the installed ones when there is none."""
-    found = {ep.name: ep for ep in entry_points(group=SKILL_SINKS)}
-    if provider not in found:
-        have = ", ".join(sorted(found)) or "none"
-        raise ConfigError(
-            f"no skill sink {provider!r} is installed (entry-point group {SKILL_SINKS!r}; "
-            f"installed: {have}). Install the skills package (pip install -e . in this "
-            "repository registers 'library')"
-        )
-    return found[provider].load()
+    return load_provider(SKILL_SINKS, provider, "skill sink")

@@ -12,12 +12,11 @@ reaches higher packages' subcommands through.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from torch import Tensor
 
-from ..config import ConfigError
+from ..providers import INSTALL_HINT, load_provider
 
 __all__ = [
     "SKILL_SOURCES",
@@ -86,15 +85,8 @@ class SkillSource(Protocol):
 def skill_source_opener(provider: str) -> Callable[[str], SkillSource]:
     """The callable the ``provider`` entry point of :data:`SKILL_SOURCES` names; a
     :class:`~metarl.config.ConfigError` naming the installed ones when there is none."""
-    found = {ep.name: ep for ep in entry_points(group=SKILL_SOURCES)}
-    if provider not in found:
-        have = ", ".join(sorted(found)) or "none"
-        raise ConfigError(
-            f"no skill source {provider!r} is installed (entry-point group {SKILL_SOURCES!r}; "
-            f"installed: {have}). Install the skills package (pip install -e . in this "
-            "repository registers 'library'), or set skills.source to an installed one"
-        )
-    return found[provider].load()
+    hint = f"{INSTALL_HINT}, or set skills.source to an installed one"
+    return load_provider(SKILL_SOURCES, provider, "skill source", hint)
 
 
 def open_skill_source(path: str, provider: str = "library") -> SkillSource:
