@@ -262,14 +262,6 @@ class ContinualLearner:
             row.update(self.acting.step(self.trainer, row["detection"]))
         return row
 
-    def plugin_penalty(self, params: dict[str, Tensor] | None = None) -> Tensor:
-        """The regulariser's penalty at ``params`` (default: the policy's own parameters)."""
-        if params is None:
-            params = dict(self.policy.named_parameters())
-        if self.regularizer is None:
-            return torch.zeros(())
-        return self.regularizer.penalty(params)
-
     # -- drift ----------------------------------------------------------------------------------
     def _stream_value(self, row: dict[str, Any]) -> float:
         stream = self.config.drift.stream

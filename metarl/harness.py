@@ -122,12 +122,6 @@ def write_status(run: RunDir, status: str, trainer: Trainer, message: str | None
     write_atomic(run.path / STATUS_FILE, (json.dumps(body, indent=2) + "\n").encode())
 
 
-def read_status(run: RunDir) -> dict[str, Any]:
-    """The contents of ``status.json`` (empty if there is none yet)."""
-    path = run.path / STATUS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def checkpoint(run: RunDir, trainer: Trainer, keep: int) -> None:
     state = {"trainer": trainer.state_dict(), "rng": capture_rng_state()}
     run.save_checkpoint(trainer.global_step, state, keep=keep)
