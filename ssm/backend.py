@@ -9,11 +9,23 @@ Three implementations of the selective scan exist:
   Outside ``torch.func`` a first-order kernel with the whole epilogue runs; a double backward,
   and every ``torch.func`` transform, go through :mod:`ssm.selective_recurrence`, the recurrence
   alone with vmap, forward-mode and double-backward rules (JVP kernels of its forward and backward).
-* ``cuda``    mamba-ssm's ``selective_scan_fn`` (optional ``cuda`` extra). First-order only.
+* ``cuda``    mamba-ssm's ``selective_scan_fn`` (optional ``cuda`` extra). First-order only, and
+  it takes neither an initial state nor resets.
+* ``chunked`` the chunked torch scan (:func:`ssm.selective_scan.selective_scan_chunked` on
+  :mod:`ssm.chunked_scan`): about ``2√L`` Python steps instead of ``L``, any order, any transform.
 
-:func:`ssm.selective_scan.selective_scan` picks one for a call. Anything that needs what a fused
-path lacks (a CUDA tensor inside a ``torch.func`` transform, or ``backend="torch"``) falls back to
-the reference and says so once.
+:func:`ssm.selective_scan.selective_scan` picks one for a call. On CUDA, what mamba-ssm's kernel
+cannot take (an initial state or resets, as every ``policy_evaluate`` call carries; a
+``torch.func`` transform; mamba-ssm missing) goes to the chunked scan; on CPU, what the fused
+kernels cannot take falls back to the reference and says so once. ``backend="torch"`` pins the
+reference, ``backend="chunked"`` the chunked scan, on any device.
+
+Mamba-2 (:mod:`ssm.mamba2`) has one optional fused path: mamba-ssm's Triton
+``mamba_chunk_scan_combined`` for CUDA float32/16 tensors outside ``torch.func`` transforms
+(:func:`mamba_ssm_chunk_scan_fn`, :func:`use_cuda_ssd`), its torch chunked SSD everywhere else.
+
+The CUDA branches are written against mamba-ssm's documented signatures but are not exercised by
+the CPU test suite (no GPU where it was developed).
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from torch import Tensor
 
 log = logging.getLogger("ssm")
 
-BACKENDS = ("auto", "torch", "cuda")
+BACKENDS = ("auto", "torch", "cuda", "chunked")
 
 _said: set[str] = set()
 
@@ -75,6 +87,54 @@ def mamba_ssm_scan_fn() -> Any:
             except Exception as e:  # ImportError, or a kernel that fails to load
                 log_once("mamba-ssm-missing", f"mamba-ssm not usable ({e}); using the torch scan")
     return _mamba_ssm
+
+
+_mamba2_ssd: Any = None
+_mamba2_ssd_checked = False
+
+
+def mamba_ssm_chunk_scan_fn() -> Any:
+    """mamba-ssm's Mamba-2 ``mamba_chunk_scan_combined`` (Triton), or None where it (or CUDA) is
+    not available. Imported lazily: importing :mod:`ssm` never needs mamba-ssm or Triton."""
+    global _mamba2_ssd, _mamba2_ssd_checked
+    if not _mamba2_ssd_checked:
+        _mamba2_ssd_checked = True
+        if torch.cuda.is_available():
+            try:
+                from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+                _mamba2_ssd = mamba_chunk_scan_combined
+            except Exception as e:  # ImportError, Triton missing, ...
+                log_once("mamba2-ssd-missing", f"mamba-ssm SSD not usable ({e}); torch SSD")
+    return _mamba2_ssd
+
+
+def use_chunked_scan(*tensors: Tensor, backend: str = "auto") -> bool:
+    """Whether the selective scan should take the chunked torch scan rather than the per-step
+    reference: ``backend="chunked"``, or CUDA tensors with no backend pinned to the reference
+    (on CUDA its ~2√L steps beat the L steps of the loop; on CPU the fused kernels are faster)."""
+    if backend == "chunked":
+        return True
+    return backend in ("auto", "cuda") and all(t.is_cuda for t in tensors)
+
+
+def use_cuda_ssd(*tensors: Tensor, backend: str = "auto") -> bool:
+    """Whether Mamba-2 may call mamba-ssm's ``mamba_chunk_scan_combined``: CUDA float32/16
+    tensors, no transform, backend ``auto`` or ``cuda``, the kernel importable. Untested here."""
+    if backend not in ("auto", "cuda") or not all(t.is_cuda for t in tensors):
+        if backend == "cuda" and not all(t.is_cuda for t in tensors):
+            raise ValueError("backend='cuda' needs CUDA tensors; move the module with .cuda()")
+        return False
+    if not all(t.dtype in (torch.float32, torch.float16, torch.bfloat16) for t in tensors):
+        return False
+    if not fused_allowed(backend=backend, what="SSD"):
+        return False
+    fn = mamba_ssm_chunk_scan_fn()
+    if fn is None and backend == "cuda":
+        raise ValueError(
+            "backend='cuda' needs mamba-ssm with Triton: pip install 'ssm-lifelong-metarl[cuda]'"
+        )
+    return fn is not None
 
 
 # -- the fused CPU kernel -------------------------------------------------------------------------
@@ -148,7 +208,7 @@ def fused_allowed(backend: str = "auto", what: str = "scan") -> bool:
 
     Inside a ``torch.func`` transform it may not, and the fallback is logged once.
     """
-    if backend == "torch":
+    if backend in ("torch", "chunked"):
         return False
     if functorch_active():
         log_once(

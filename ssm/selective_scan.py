@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import backend as _backend
+from .chunked_scan import chunked_linear_scan
 from .selective_recurrence import core_scan
 from .step_stack import stack_steps
 
@@ -91,6 +92,20 @@ def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
     return y
 
 
+def _full_BC(A: Tensor, B: Tensor, C: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """B, C as (D, N) or (B, N, L) or (B, D, N, L): complex when A is, groups repeated."""
+    if A.is_complex():
+        if B.dim() >= 3:
+            B = torch.view_as_complex(B.unflatten(-1, (-1, 2)).contiguous())  # (.. 2L)->(.. L 2)
+        if C.dim() >= 3:
+            C = torch.view_as_complex(C.unflatten(-1, (-1, 2)).contiguous())  # (.. 2L)->(.. L 2)
+    if B.dim() == 4:
+        B = B.repeat_interleave(dim // B.shape[1], dim=1)  # (b g n l) -> (b (g h) n l)
+    if C.dim() == 4:
+        C = C.repeat_interleave(dim // C.shape[1], dim=1)  # (b g n l) -> (b (g h) n l)
+    return B, C
+
+
 def selective_scan_ref(
     u: Tensor,
     delta: Tensor,
@@ -111,16 +126,7 @@ def selective_scan_ref(
     dtype_in = u.dtype
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
     batch, dim, length = u.shape
-    is_variable_B, is_variable_C = B.dim() >= 3, C.dim() >= 3
-    if A.is_complex():
-        if is_variable_B:
-            B = torch.view_as_complex(B.unflatten(-1, (-1, 2)).contiguous())  # (.. 2L)->(.. L 2)
-        if is_variable_C:
-            C = torch.view_as_complex(C.unflatten(-1, (-1, 2)).contiguous())  # (.. 2L)->(.. L 2)
-    if B.dim() == 4:
-        B = B.repeat_interleave(dim // B.shape[1], dim=1)  # (b g n l) -> (b (g h) n l)
-    if C.dim() == 4:
-        C = C.repeat_interleave(dim // C.shape[1], dim=1)  # (b g n l) -> (b (g h) n l)
+    B, C = _full_BC(A, B, C, dim)
 
     # Per-step slices come from unbind (one cheap backward for all steps), outputs are joined by
     # stack_steps (likewise), and each step works on (B, D, N) tensors only: nothing of size
@@ -147,6 +153,54 @@ def selective_scan_ref(
         h = torch.exp(dt * A) * h + (dt * us[t][..., None]) * Bs[t]  # (B D N)
         ys.append((h * Cs[t]).sum(-1))  # (B D)
     y = stack_steps(ys, dim=-1)  # (B D L)
+    if y.is_complex():
+        y = y.real * 2
+    out = _finish(y, u, D, z).to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+def selective_scan_chunked(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    initial_state: Tensor | None = None,
+    resets: Tensor | None = None,
+    chunk: int | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The reference's recurrence through :func:`ssm.chunked_scan.chunked_linear_scan`
+    (``a_t = exp(Δ_t A)``, ``b_t = Δ_t u_t B_t`` on ``(B, L, D, N)`` states): about ``2√L``
+    Python steps instead of ``L``, the same values to rounding, derivatives of any order and
+    ``torch.func`` transforms. Materialises every state (``B·L·D·N``), so it is the accelerator
+    path (CUDA calls that carry an initial state or resets); on CPU the fused kernels win."""
+    dtype_in = u.dtype
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    batch, dim, length = u.shape
+    B, C = _full_BC(A, B, C, dim)
+
+    def time_major(M: Tensor) -> Tensor:  # -> broadcastable against (B L D N)
+        if M.dim() == 2:  # fixed (D N)
+            return M[None, None]
+        if M.dim() == 3:  # (B N L) -> (B L 1 N)
+            return M.permute(0, 2, 1)[:, :, None]
+        return M.permute(0, 3, 1, 2)  # (B D N L) -> (B L D N)
+
+    dt = delta.transpose(1, 2)[..., None]  # (B L D 1)
+    a = torch.exp(dt * A)  # (B L D N)
+    b = (dt * u.transpose(1, 2)[..., None]) * time_major(B)  # (B L D N)
+    cdtype = torch.promote_types(A.dtype, delta.dtype)
+    if b.dtype != cdtype:
+        b = b.to(cdtype)
+    h0 = None if initial_state is None else initial_state.to(cdtype)
+    states, h = chunked_linear_scan(a, b, h0, resets, chunk)  # (B L D N), (B D N)
+    y = (states * time_major(C)).sum(-1).transpose(1, 2)  # (B D L)
     if y.is_complex():
         y = y.real * 2
     out = _finish(y, u, D, z).to(dtype_in)
@@ -357,12 +411,14 @@ def selective_scan(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan with the signature and semantics of mamba-ssm's ``selective_scan_fn``.
 
-    ``backend="auto"`` uses mamba-ssm's CUDA kernel for CUDA tensors when installed (the
-    pure-torch reference inside ``torch.func`` transforms), and the fused C++ kernels on CPU:
-    inside ``torch.func`` transforms the twice-differentiable
+    ``backend="auto"`` uses mamba-ssm's CUDA kernel for CUDA tensors when installed, and the
+    chunked torch scan (:func:`selective_scan_chunked`) for CUDA calls the kernel cannot take
+    (an initial state or resets, a ``torch.func`` transform, mamba-ssm missing); the fused C++
+    kernels on CPU: inside ``torch.func`` transforms the twice-differentiable
     :func:`ssm.selective_recurrence.core_scan`.
-    ``backend="torch"`` pins the reference. Every path returns the same values (to float
-    tolerance) and exact derivatives of any order.
+    ``backend="torch"`` pins the reference, ``backend="chunked"`` the chunked scan (any device).
+    Every path returns the same values (to float tolerance) and exact derivatives of any order.
+    (The CUDA branches are not exercised by the CPU test suite.)
     """
     _backend.check_backend(backend)
     _check(u, delta, A, B, C, D, z, delta_bias, initial_state, resets)
@@ -390,10 +446,10 @@ def selective_scan(
         if initial_state is not None or resets is not None:
             _backend.log_once(
                 "cuda-state",
-                "ssm: mamba-ssm's scan takes no initial state or resets; using the torch scan "
-                "for calls that carry them",
+                "ssm: mamba-ssm's scan takes no initial state or resets; using the chunked "
+                "torch scan for calls that carry them",
             )
-            return selective_scan_ref(
+            return selective_scan_chunked(
                 u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, **kw
             )
         fn = _backend.mamba_ssm_scan_fn()
@@ -406,6 +462,10 @@ def selective_scan(
 
         out, last = FirstOrderKernel.apply(fast, ref, u, delta, A, B, C, D, z, delta_bias)
         return (out, last) if return_last_state else out
+    if _backend.use_chunked_scan(u, delta, A, B, C, backend=backend):
+        return selective_scan_chunked(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, **kw
+        )
     return selective_scan_ref(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, **kw
     )
