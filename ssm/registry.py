@@ -7,12 +7,14 @@ import inspect
 from .base import SequenceLayer
 from .lti import S4D, S5
 from .mamba import Mamba
+from .mamba2 import Mamba2
 from .rnn import GRU, LSTM
 
 KINDS: dict[str, type[SequenceLayer]] = {
     "s4d": S4D,
     "s5": S5,
     "mamba": Mamba,
+    "mamba2": Mamba2,
     "gru": GRU,
     "lstm": LSTM,
 }

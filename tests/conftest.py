@@ -25,6 +25,8 @@ def layer_kwargs(kind: str, **overrides) -> dict:
         kw = {"d_state": D_STATE}
     elif kind == "mamba":
         kw = {"d_state": D_STATE, "d_conv": 3, "expand": 2}
+    elif kind == "mamba2":  # 4 heads of 3; chunks of 8, so L=37 spans 5 (the last one padded)
+        kw = {"d_state": D_STATE, "d_conv": 3, "expand": 2, "headdim": 3, "chunk_size": 8}
     kw.update(overrides)
     return kw
 
