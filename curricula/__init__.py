@@ -8,6 +8,8 @@ a list of stages, each a set of tasks trained for a number of env steps.
 - :meth:`Curriculum.build` gives a :class:`BuiltCurriculum`: the task families, task specs, spaces
   and vector envs (with an optional task one-hot in the observation).
 - :class:`StageSchedule` turns stage durations into whole learner iterations and task boundaries.
+- :mod:`curricula.continual_world`: CW10/CW20 (or any Meta-World v3 list) as one plain gymnasium
+  env with a step budget per task (needs gymnasium, numpy and metaworld only).
 """
 
 from .curriculum import (
@@ -19,8 +21,20 @@ from .curriculum import (
     load_curriculum,
     parse_curriculum,
 )
-from .envs import BuiltCurriculum, TaskIdObservation
 from .schedule import StageSchedule
+
+# The env builders need metarl (and torch); they load on first use, so that the data layer and
+# ``curricula.continual_world`` stay importable with gymnasium, numpy and metaworld alone.
+_LAZY = {"BuiltCurriculum": ".envs", "TaskIdObservation": ".envs"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BuiltCurriculum",
