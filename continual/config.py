@@ -2,9 +2,9 @@
 
 The learner is any trainer of ``metarl``: ``learner: ppo | rl2 | maml | fomaml | imaml |
 reptile`` (the MAML family takes its settings, MAML++ options included, from ``meta.*``). The
-plugins are combined in config: ``regularizer.kind`` (none, l2, ewc, packnet), ``replay.enabled``
-and ``drift.enabled``, with ``boundaries: known`` (the curriculum announces each stage) or
-``hidden`` (the drift detector decides when a stage ends).
+plugins are combined in config: ``regularizer.kind`` (none, l2, ewc, packnet, progressive),
+``replay.enabled`` and ``drift.enabled``, with ``boundaries: known`` (the curriculum announces
+each stage) or ``hidden`` (the drift detector decides when a stage ends).
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ META_LEARNERS = ("maml", "fomaml", "imaml", "reptile")
 class RegularizerSettings:
     """The regulariser plugin (continual.regularizers / continual.packnet)."""
 
-    kind: Literal["none", "l2", "ewc", "packnet"] = "none"
-    """none (fine-tuning), l2 (anchor), ewc (online EWC) or packnet"""
+    kind: Literal["none", "l2", "ewc", "packnet", "progressive"] = "none"
+    """none (fine-tuning), l2 (anchor), ewc (online EWC), packnet, or progressive (one policy
+    column per stage with lateral adapters, continual.progressive; needs boundaries=known)"""
     strength: float = 100.0
     """λ of the l2 / ewc penalty"""
     ewc_decay: float = 1.0
@@ -59,6 +60,8 @@ class RegularizerSettings:
     """PackNet: share of the free weights released at each stage's end"""
     retrain_fraction: float = 0.25
     """PackNet: last share of each stage's iterations trained after pruning (0: prune at the end)"""
+    lateral_width: int | None = None
+    """progressive: hidden width of the lateral adapters (None: policy.d_model)"""
 
 
 @dataclass
@@ -280,6 +283,15 @@ class SequenceConfig:
                 "regularizer.kind=packnet needs boundaries=known: it prunes and retrains at the "
                 "end of each stage, which a detection only reveals after the next task began"
             )
+        if r.kind == "progressive" and self.boundaries == "hidden":
+            raise ValueError(
+                "regularizer.kind=progressive needs boundaries=known: it allocates one column per "
+                "stage and switches columns at each announced stage end"
+            )
+        if r.kind == "progressive" and self.skills.library is not None:
+            raise ValueError("skills.library stores SequencePolicy skills; not with progressive")
+        if r.lateral_width is not None and r.lateral_width < 1:
+            raise ValueError(f"regularizer.lateral_width must be >= 1, got {r.lateral_width}")
         if self.boundaries == "hidden" and not self.drift.enabled:
             raise ValueError(
                 "boundaries=hidden needs drift.enabled=true (the detector ends stages)"

@@ -54,7 +54,8 @@ from .distill import ReplayDistillation
 from .drift import DriftMonitor, StreamDetector
 from .meta_replay import MetaReplay
 from .packnet import PackNet
-from .regularizers import EWC, L2Anchor, Regularizer
+from .progressive import ProgressiveColumns, progressive_policy
+from .regularizers import EWC, L2Anchor
 from .replay import ReplayBuffer
 from .stage_tasks import StageEpisodes, StageFamily, StageTrials
 
@@ -63,7 +64,7 @@ __all__ = ["LEARNER_SCHEMA_VERSION", "ContinualLearner", "make_trainer"]
 LEARNER_SCHEMA_VERSION = 2
 
 
-def make_regularizer(config: SequenceConfig, policy: torch.nn.Module) -> Regularizer | None:
+def make_regularizer(config: SequenceConfig, policy: torch.nn.Module) -> Plugin | None:
     r = config.regularizer
     if r.kind == "none":
         return None
@@ -77,6 +78,8 @@ def make_regularizer(config: SequenceConfig, policy: torch.nn.Module) -> Regular
             fisher_samples=r.fisher_samples,
             fisher_batches=r.fisher_iterations,
         )
+    if r.kind == "progressive":
+        return ProgressiveColumns(policy)
     return PackNet(
         dict(policy.named_parameters()),
         prune_fraction=r.prune_fraction,
@@ -127,7 +130,9 @@ class ContinualLearner:
     docstring).
 
     Args:
-        policy: the sequence policy (in_context for RL²).
+        policy: the sequence policy (in_context for RL²); with regularizer.kind=progressive
+            it becomes column 0 of a :class:`ssm.progressive.ProgressivePolicy` with one column
+            per stage, and :attr:`policy` is that network.
         config: the run's :class:`SequenceConfig`.
         built: the built curriculum (its first stage's tasks until the first :meth:`set_tasks`).
         first_stage: the task entries of the first stage (default: the curriculum's first).
@@ -144,6 +149,9 @@ class ContinualLearner:
     ):
         if (config.learner == "rl2") != bool(getattr(policy, "in_context", False)):
             raise ValueError("learner=rl2 needs an in_context policy, the others one that is not")
+        if config.regularizer.kind == "progressive":  # one column per stage, column 0 = policy
+            stages = len(built.curriculum.stages)
+            policy = progressive_policy(policy, stages, config.regularizer.lateral_width)
         self.policy, self.config, self.built = policy, config, built
         first = list(first_stage or built.curriculum.stages[0].tasks)
         self.trainer = make_trainer(config, policy, built, first)
