@@ -453,6 +453,9 @@ class SequenceRun:
         with torch.no_grad():
             for name, p in self._eval_policy.named_parameters():
                 p.copy_(params[name])
+            for name, b in self._eval_policy.named_buffers():
+                if name in params:  # a plugin may set buffers too (progressive: the column)
+                    b.copy_(params[name])
         return self._eval_policy
 
     # -- results --------------------------------------------------------------------------------
