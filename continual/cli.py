@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = given
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from curricula import CurriculumError, available_curricula, load_curriculum
+    from metarl.run_dir import CheckpointError, RunDirError
 
     from .config import SequenceConfig
     from .sequence import (
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             result = run_sequence(config, overrides)
     except (ConfigError, CurriculumError) as e:
         print(f"metarl sequence: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (RunDirError, CheckpointError) as e:
+        print(f"metarl sequence: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except SequenceDiverged as e:
         print(f"metarl sequence: training stopped: {e}", file=sys.stderr)

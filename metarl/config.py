@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError",
+    "check_bounds",
     "config_to_dict",
     "dump_config",
     "field_docs",
@@ -49,6 +50,30 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A config value or key that does not fit the config dataclass."""
+
+
+def check_bounds(
+    obj: Any,
+    *,
+    positive: Iterable[str] = (),
+    nonnegative: Iterable[str] = (),
+    unit_interval: Iterable[str] = (),
+) -> None:
+    """Raise ``ValueError`` naming the first field of the config ``obj`` outside its range:
+    ``positive`` (> 0), ``nonnegative`` (>= 0) or ``unit_interval`` ([0, 1]). ``None`` passes
+    (an optional field left unset); a config class calls this from its ``__post_init__``, so a
+    negative step count or learning rate is refused when the config is read, before a run exists.
+    """
+    rules = ((positive, "> 0", 0.0, None, True), (nonnegative, ">= 0", 0.0, None, False))
+    rules += ((unit_interval, "in [0, 1]", 0.0, 1.0, False),)
+    for names, text, low, high, strict in rules:
+        for name in names:
+            value = getattr(obj, name)
+            if value is None:
+                continue
+            bad = value <= low if strict else value < low
+            if bad or (high is not None and value > high) or value != value:  # NaN too
+                raise ValueError(f"{name} must be {text}, got {value!r}")
 
 
 def load_config(

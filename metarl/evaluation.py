@@ -56,7 +56,7 @@ def evaluate(
     ``meta.episodes_per_task`` sampled episodes per task (see :func:`metarl.meta.adapt_eval`).
     Results are mean ± 95% CI over tasks (and seeds).
     """
-    run = run if isinstance(run, RunDir) else RunDir.open(run)
+    run = run if isinstance(run, RunDir) else RunDir.open(run, expect="train")
     if cfg is None:
         cfg = run.load_config(TrainConfig)
     if overrides:

@@ -26,6 +26,7 @@ from torch import Tensor
 from ssm.policy import SequencePolicy
 from ssm.util import legacy_stream_seed
 
+from .config import check_bounds
 from .objectives import explained_variance, gae, normalize_advantages, policy_evaluate, ppo_loss
 from .plugins import Plugin, PluginList
 from .rollout import Rollout
@@ -70,6 +71,24 @@ class PPOConfig:
     """stop an update early when approx-KL exceeds this"""
     seed: int = 1
     """the run's one seed"""
+
+    def __post_init__(self) -> None:
+        check_bounds(
+            self,
+            positive=(
+                "total_steps",
+                "num_envs",
+                "num_steps",
+                "learning_rate",
+                "num_minibatches",
+                "update_epochs",
+                "clip_coef",
+                "max_grad_norm",
+                "target_kl",
+            ),
+            nonnegative=("ent_coef", "vf_coef"),
+            unit_interval=("gamma", "gae_lambda"),
+        )
 
 
 @dataclass

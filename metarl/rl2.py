@@ -21,6 +21,7 @@ from ssm.policy import SequencePolicy
 from ssm.util import legacy_stream_seed
 
 from .collector import Collector, LocalCollector
+from .config import check_bounds
 from .plugins import Plugin
 from .ppo import IterationStats, PPOConfig, PPOTrainer, run_trainer, trial_targets
 from .rollout import Rollout
@@ -36,6 +37,10 @@ class RL2Config(PPOConfig):
     """episodes of the same task in one trial (the policy state persists across them)"""
     gamma: float = 0.99
     """discount over the whole trial"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bounds(self, positive=("episodes_per_trial",))
 
 
 def trial_batch(

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from ssm.util import fsync_dir, write_atomic
 
@@ -62,6 +63,19 @@ _LEAF_TYPES = (torch.Tensor, int, float, bool, str, bytes, type(None), torch.dty
 
 class RunDirError(ValueError):
     """A path that is not a (complete) run directory."""
+
+
+RUN_KINDS = {
+    "train": "`metarl train`",
+    "sequence": "`metarl sequence`",
+    "population": "`metarl population`",
+}
+_KIND_COMMANDS = {
+    "train": "metarl resume / eval / adapt-eval / export-skills",
+    "sequence": "metarl sequence --resume; its per-stage evaluation (R, R_pre, R_adapt) is in "
+    "results.json; metarl export-skills",
+    "population": "metarl population --resume; metarl export-skills",
+}
 
 
 class CheckpointError(RuntimeError):
@@ -126,8 +140,9 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: str | Path) -> RunDir:
-        """Reopen an existing run directory (to resume or evaluate)."""
+    def open(cls, path: str | Path, expect: str | None = None) -> RunDir:
+        """Reopen an existing run directory (to resume or evaluate). With ``expect`` (one of
+        ``RUN_KINDS``), a run of another kind is refused with the commands that do take it."""
         run = cls(Path(path))
         if not run.path.is_dir():
             raise RunDirError(f"not a run directory: {run.path} does not exist or is not a folder")
@@ -135,8 +150,34 @@ class RunDir:
         missing = [p.name for p in required if not p.exists()]
         if missing:
             raise RunDirError(f"not a run directory: {run.path} lacks {', '.join(missing)}")
+        if expect is not None:
+            kind = run.kind
+            if kind != expect:
+                raise RunDirError(
+                    f"{run.path} is a {RUN_KINDS.get(kind, 'an unknown kind of')} run; this "
+                    f"command takes a {RUN_KINDS[expect]} run (a {kind} run works with: "
+                    f"{_KIND_COMMANDS.get(kind, 'no metarl command')})"
+                )
         run.plot_dir.mkdir(exist_ok=True)
         return run
+
+    @property
+    def kind(self) -> str:
+        """``train``, ``sequence``, ``population`` or ``unknown``, told by the config snapshot's
+        top-level keys (each command writes its own config class)."""
+        try:
+            data = yaml.safe_load(self.config_path.read_text())
+        except (OSError, yaml.YAMLError):
+            return "unknown"
+        if not isinstance(data, dict):
+            return "unknown"
+        if "curriculum" in data:
+            return "sequence"
+        if "agents" in data or "share_params" in data:
+            return "population"
+        if "algo" in data:
+            return "train"
+        return "unknown"
 
     @property
     def meta(self) -> dict:

@@ -121,16 +121,36 @@ def train(
     """Train from a config (a ``TrainConfig`` or a YAML path plus dotted ``overrides``) into a new
     run directory under ``config.run.root``; returns it."""
     cfg = config if isinstance(config, TrainConfig) else load_config(TrainConfig, config, overrides)
-    check_backend(cfg)
+    preflight(cfg)
     if run is None:
         run = RunDir.create(cfg.run.root, cfg.run.name, cfg, cfg.seed)
     return _run(cfg, run, resuming=False)
 
 
+def preflight(cfg: TrainConfig) -> None:
+    """Everything about ``cfg`` that can be checked without training, before a run directory
+    exists: the backend, the family and its keyword arguments, the policy's layer settings and
+    the trainer's batch shape. Raises ``ConfigError`` with one line."""
+    check_backend(cfg)
+    try:
+        family = build_family(cfg)
+        with torch.random.fork_rng(devices=[]):  # a trial build; the run builds its own
+            build_policy(cfg, family)
+        if cfg.algo in ("ppo", "rl2"):
+            ppo = cfg.ppo if cfg.algo == "ppo" else cfg.rl2
+            if ppo.num_envs % ppo.num_minibatches:
+                raise ValueError(
+                    f"{cfg.algo}.num_minibatches ({ppo.num_minibatches}) must divide "
+                    f"{cfg.algo}.num_envs ({ppo.num_envs}): minibatches are whole sequences"
+                )
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
+
+
 def resume(run_dir: str | Path, overrides: Iterable[str] = ()) -> RunDir:
     """Continue a run from its latest readable checkpoint (``overrides`` may change only
     ``run.*`` and ``logging.*`` settings, e.g. ``run.stop_after=null``)."""
-    run = RunDir.open(run_dir)
+    run = RunDir.open(run_dir, expect="train")
     cfg = run.load_config(TrainConfig, check_resume_overrides(overrides))
     return _run(cfg, run, resuming=True)
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssm.policy import SequencePolicy
+from ssm.registry import KINDS
 
 from .backends import RayConfig
+from .config import check_bounds
 from .meta import MetaConfig
 from .ppo import PPOConfig
 from .rl2 import RL2Config
@@ -38,6 +40,11 @@ class PolicyConfig:
     """action head for continuous actions"""
     layer: dict[str, Any] = field(default_factory=dict)
     """extra keyword arguments for the layer (e.g. d_state, backend)"""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {self.kind!r}")
+        check_bounds(self, positive=("d_model", "n_layers", "encoder_hidden"))
 
     def build(self, observation_space, action_space, in_context: bool) -> SequencePolicy:
         """The policy this config describes, for the given spaces."""
@@ -73,6 +80,13 @@ class RunConfig:
     time_limit_minutes: float | None = None
     """stop (resumably, checkpointed) once an iteration ends past this much wall time"""
 
+    def __post_init__(self) -> None:
+        check_bounds(
+            self,
+            positive=("keep_checkpoints", "threads", "stop_after", "time_limit_minutes"),
+            nonnegative=("checkpoint_every",),
+        )
+
 
 @dataclass
 class EvalConfig:
@@ -90,6 +104,9 @@ class EvalConfig:
     """maml runs: gradient steps of the adaptation evaluation (None: meta.inner_steps)"""
     seeds: int = 1
     """maml runs: rollout seeds per task (eval.seed, eval.seed + 1, ...)"""
+
+    def __post_init__(self) -> None:
+        check_bounds(self, positive=("tasks", "seeds"), nonnegative=("adapt_steps",))
 
 
 @dataclass

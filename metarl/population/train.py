@@ -399,7 +399,7 @@ def open_for_resume(
 ) -> tuple[RunDir, PopulationConfig]:
     """The run directory and its config with ``overrides``, which may change only ``run.*`` and
     ``logging.*`` settings (e.g. ``run.stop_after=null``); raises ``ConfigError`` otherwise."""
-    run = RunDir.open(run_dir)
+    run = RunDir.open(run_dir, expect="population")
     return run, run.load_config(PopulationConfig, check_resume_overrides(overrides))
 
 

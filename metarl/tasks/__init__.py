@@ -7,6 +7,7 @@ an optional dependency import it only when built and raise :class:`MissingExtraE
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +61,18 @@ def make_family(spec: str, **kwargs: Any) -> TaskFamily:
     if (name in _NEEDS_ARG) != bool(sep and arg):
         expected = _NEEDS_ARG.get(name, name)
         raise ValueError(f"task family spec {spec!r} should look like {expected!r}")
-    return FAMILIES[name](arg, **kwargs) if arg else FAMILIES[name](**kwargs)
+    cls = FAMILIES[name]
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        accepted = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        accepted = accepted[1:] if arg else accepted  # the spec's argument fills the first one
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"task family {spec!r} does not take {', '.join(unknown)} (family_kwargs); it "
+                f"takes: {', '.join(accepted) or 'nothing'}"
+            )
+    return cls(arg, **kwargs) if arg else cls(**kwargs)
 
 
 __all__ = ["FAMILIES", "MissingExtraError", "Task", "TaskFamily", "make_family"]
