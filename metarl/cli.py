@@ -25,12 +25,29 @@ import yaml
 
 from .cli_args import parse_config_args
 from .config import ConfigError, config_to_dict, field_docs, load_config
+from .run_dir import CheckpointError, RunDirError
 
 EXIT_DIVERGED = 3
 
 
 def _plugin_commands() -> dict:
     return {ep.name: ep for ep in entry_points(group="metarl.commands")}
+
+
+def _positive(kind: type):
+    """An argparse type: a number of ``kind`` that must be > 0."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def _parser(plugins: dict) -> argparse.ArgumentParser:
@@ -58,17 +75,20 @@ def _parser(plugins: dict) -> argparse.ArgumentParser:
     a.add_argument("run_dir")
     a.add_argument("--tasks", default="test", choices=["train", "test"], help="task split")
     a.add_argument(
-        "--num-tasks", type=int, default=None, help="how many tasks (default: eval.tasks)"
+        "--num-tasks",
+        type=_positive(int),
+        default=None,
+        help="how many tasks (default: eval.tasks)",
     )
     a.add_argument("--steps", default="1", help="'S' (steps 0..S) or 'A..B' (default: 1)")
     a.add_argument(
         "--episodes",
-        type=int,
+        type=_positive(int),
         default=None,
         help="support episodes per task and step (default: meta.episodes_per_task); "
         "rl2: trials per task",
     )
-    a.add_argument("--seeds", type=int, default=3, help="rollout seeds (default: 3)")
+    a.add_argument("--seeds", type=_positive(int), default=3, help="rollout seeds (default: 3)")
     a.add_argument(
         "--baselines",
         action="store_true",
@@ -82,10 +102,21 @@ def _parser(plugins: dict) -> argparse.ArgumentParser:
         "RUN_DIR/baselines with the run's env-step budget)",
     )
     a.add_argument(
-        "--inner-lr", type=float, default=None, help="fine-tuning lr (default: meta.inner_lr)"
+        "--inner-lr",
+        type=_positive(float),
+        default=None,
+        help="fine-tuning lr (default: meta.inner_lr)",
     )
     a.add_argument("--finetune-objective", default="vpg", choices=["vpg", "ppo"])
     a.add_argument("--checkpoint", default="latest", help="checkpoint file (default: latest)")
+    a.add_argument(
+        "--output",
+        default="adapt_eval",
+        metavar="NAME",
+        help="name of the report: RUN_DIR/NAME.json, NAME.md, plots/NAME.png (default: "
+        "adapt_eval); an existing report is kept unless --overwrite",
+    )
+    a.add_argument("--overwrite", action="store_true", help="replace an existing report NAME")
     c = sub.add_parser("config", help="print the resolved training config")
     c.add_argument("config", nargs="?")
     c.add_argument("overrides", nargs="*")
@@ -131,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"metarl: config error: {e}", file=sys.stderr)
         return 2
+    except (RunDirError, CheckpointError) as e:
+        print(f"metarl {args.command}: {e}", file=sys.stderr)
+        return 2
     except runner.TrainingDiverged as e:
         print(f"metarl: training stopped: {e}", file=sys.stderr)
         return EXIT_DIVERGED
@@ -166,9 +200,13 @@ def _adapt_eval(args: argparse.Namespace, few_shot) -> int:
         inner_lr=args.inner_lr,
         finetune_objective=args.finetune_objective,
         checkpoint=args.checkpoint,
+        output=args.output,
+        overwrite=args.overwrite,
+        progress=True,
     )
     print(few_shot.adapt_eval_markdown(results))
-    print(f"wrote {results['run']}/adapt_eval.json, adapt_eval.md and plots/adapt_eval.png")
+    name = args.output
+    print(f"wrote {results['run']}/{name}.json, {name}.md and plots/{name}.png")
     return 0
 
 

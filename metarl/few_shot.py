@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ssm.util import write_atomic
 
@@ -28,11 +30,13 @@ from .meta.adaptation import (
     plot_curves,
     summarize_curves,
 )
-from .run_dir import RunDir
+from .run_dir import RunDir, RunDirError
 from .runner import find_or_train_multitask
 from .train_config import TrainConfig, build_family, build_policy
 
 log = logging.getLogger(__name__)
+
+_REPORT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 
 __all__ = ["adapt_eval_markdown", "adapt_evaluate"]
 
@@ -50,6 +54,9 @@ def adapt_evaluate(
     inner_lr: float | None = None,
     finetune_objective: Literal["vpg", "ppo"] = "vpg",
     checkpoint: str = "latest",
+    output: str = "adapt_eval",
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Few-shot adaptation of a run's policy on ``num_tasks`` (default ``eval.tasks``) tasks of
     ``split``: return and success before adaptation and after each step (an int ``S``: steps
@@ -67,15 +74,38 @@ def adapt_evaluate(
     (``inner_lr``, default ``meta.inner_lr``); and ``scratch``, the run's own initialisation (the
     same seed; not in-context) adapted by the same steps.
 
-    Writes ``adapt_eval.json``, ``adapt_eval.md`` and ``plots/adapt_eval.png`` into the run dir and
-    returns the JSON's content.
+    Bandit rl2 runs also get UCB1 and Thompson sampling (``ucb1``, ``thompson``) playing the same
+    trials: their statistics carry over from one episode of the trial to the next, as the RL²
+    state does; their return is the expected return of the arms they pull.
+
+    Writes ``<output>.json``, ``<output>.md`` and ``plots/<output>.png`` into the run dir and
+    returns the JSON's content. An existing report of that name is refused (before anything is
+    computed) unless ``overwrite``.
     """
-    run = run if isinstance(run, RunDir) else RunDir.open(run)
+    run = run if isinstance(run, RunDir) else RunDir.open(run, expect="train")
+    if not _REPORT_NAME.fullmatch(output):
+        raise ValueError(
+            f"output must be a plain file stem ([A-Za-z0-9_.-], no leading dot), got {output!r}"
+        )
+    paths = [run.path / f"{output}.json", run.path / f"{output}.md", run.plot_dir / f"{output}.png"]
+    if not overwrite and any(p.exists() for p in paths):
+        raise RunDirError(
+            f"{paths[0]} exists (an earlier adapt-eval); keep it and pass --output NAME for a new "
+            "report, or replace it with --overwrite"
+        )
     cfg = run.load_config(TrainConfig)
     family = build_family(cfg)
     report = list(range(steps + 1)) if isinstance(steps, int) else sorted({int(k) for k in steps})
     if not report or report[0] < 0:
         raise ValueError(f"steps must be >= 0, got {steps!r}")
+    for name, value in (
+        ("seeds", seeds),
+        ("episodes", episodes),
+        ("num_tasks", num_tasks),
+        ("inner_lr", inner_lr),
+    ):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
     last = report[-1]
     policy, state = _load_policy(run, cfg, family, checkpoint)
     tasks = family.sample(num_tasks or cfg.eval.tasks, split=split, seed=cfg.eval.seed)
@@ -84,24 +114,45 @@ def adapt_evaluate(
     length = (cfg.meta.num_steps if cfg.algo == "maml" else None) or family.max_episode_steps
     lr = cfg.meta.inner_lr if inner_lr is None else float(inner_lr)
 
+    classic = cfg.algo == "rl2" and family.name == "bandit"
+    methods = 1 + (2 if classic else 0) + (2 if baselines else 0)
+    bar = tqdm(total=methods * len(seed_list), desc="adapt-eval", disable=not progress)
+
+    def per_seed(fn) -> dict:
+        """``fn(seeds)`` one seed at a time (each seed is independent), advancing the bar."""
+        parts = []
+        for seed in seed_list:
+            parts.append(fn([seed]))
+            bar.update(1)
+        return {
+            key: np.concatenate([np.asarray(p[key]) for p in parts])
+            for key in ("returns", "success")
+        }
+
     def finetuned(pol):
         learner = finetune_learner(pol, cfg.meta, lr, finetune_objective)
-        return adapt_eval(pol, family, learner, tasks, last, k, seed_list, length)
+        return per_seed(lambda ss: adapt_eval(pol, family, learner, tasks, last, k, ss, length))
 
     curves: dict[str, dict] = {}
     budgets = {"run": int(state["trainer"]["global_step"])}
     if cfg.algo == "maml":
         learner = _meta_learner(cfg, policy, state)
-        curves[cfg.meta.algo] = adapt_eval(
-            policy, family, learner, tasks, last, k, seed_list, length
+        curves[cfg.meta.algo] = per_seed(
+            lambda ss: adapt_eval(policy, family, learner, tasks, last, k, ss, length)
         )
-        x_label = "gradient step"
     elif cfg.algo == "rl2":
-        curves["rl2"] = in_context_eval(policy, family, tasks, last, k, seed_list)
-        x_label = "step (rl2: episode of the trial - 1; others: gradient steps)"
+        curves["rl2"] = per_seed(lambda ss: in_context_eval(policy, family, tasks, last, k, ss))
+        if classic:
+            for name in ("ucb1", "thompson"):
+                curves[name] = per_seed(
+                    lambda ss, name=name: classic_bandit_curves(
+                        name, tasks, last, family.max_episode_steps, ss
+                    )
+                )
     else:
         curves["multitask_finetune"] = finetuned(policy)
-        x_label = "gradient step"
+    in_context = cfg.algo == "rl2"
+    x_label = "trial episode" if in_context else "gradient step"
     multitask_run = None
     if baselines:
         if cfg.algo != "ppo":
@@ -124,6 +175,7 @@ def adapt_evaluate(
         seed_everything(cfg.seed)
         scratch = build_policy(dataclasses.replace(cfg, algo="ppo"), family)
         curves["scratch"] = finetuned(scratch)
+    bar.close()
     summaries = {name: summarize_curves(c, report) for name, c in curves.items()}
     results: dict[str, Any] = {
         "run": str(run.path),
@@ -138,7 +190,14 @@ def adapt_evaluate(
         "episode_steps": length,
         "support_episodes": k * max(1, length // family.max_episode_steps),
         "x": x_label,
-        "finetune": {"inner_lr": lr, "objective": finetune_objective},
+        "x_offset": 1 if in_context else 0,
+        "reports_success": bool(getattr(family, "reports_success", True)),
+        "adaptation": _adaptation_text(cfg, learner if cfg.algo == "maml" else None),
+        "finetune": (
+            {"inner_lr": lr, "objective": finetune_objective}
+            if cfg.algo == "ppo" or baselines
+            else None
+        ),
         "env_steps": budgets,
         "multitask_run": None if multitask_run is None else str(multitask_run.path),
         "methods": summaries,
@@ -148,24 +207,83 @@ def adapt_evaluate(
             for name, c in curves.items()
         },
     }
-    write_atomic(run.path / "adapt_eval.json", (json.dumps(results, indent=1) + "\n").encode())
-    table = adapt_eval_markdown(results)
-    write_atomic(run.path / "adapt_eval.md", table.encode())
+    write_atomic(paths[0], (json.dumps(results, indent=1) + "\n").encode())
+    write_atomic(paths[1], adapt_eval_markdown(results).encode())
     title = f"{cfg.family} ({split} tasks, n={len(tasks)}, {len(seed_list)} seeds, {k} episodes)"
-    write_atomic(run.plot_dir / "adapt_eval.png", plot_curves(summaries, title, "step"))
+    png = plot_curves(summaries, title, x_label, offset=results["x_offset"])
+    write_atomic(paths[2], png)
     return results
+
+
+def classic_bandit_curves(
+    player: str, tasks: Sequence, steps: int, horizon: int, seeds: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """A classic bandit algorithm (``ucb1``, ``thompson`` or ``random``) playing one trial of
+    ``steps + 1`` episodes of ``horizon`` pulls per task and seed, its statistics kept across the
+    episodes. Entry ``s`` is the expected return ``Σ_t p[a_t]`` of episode ``s + 1``; ``success``
+    is 0 (bandits report none). Shapes ``(len(seeds), len(tasks), steps + 1)``."""
+    from .tasks.bandit import CLASSIC_PLAYERS
+
+    play = CLASSIC_PLAYERS[player]
+    e = steps + 1
+    returns = np.zeros((len(seeds), len(tasks), e))
+    for si, seed in enumerate(seeds):
+        rng = np.random.default_rng([seed, len(tasks)])
+        for ti, task in enumerate(tasks):
+            probs = np.asarray(task.param("probs"), dtype=np.float64)
+            arms = play(probs, e * horizon, rng)
+            returns[si, ti] = probs[arms].reshape(e, horizon).sum(1)
+    return {"returns": returns, "success": np.zeros_like(returns), "steps": np.arange(e)}
+
+
+def _adaptation_text(cfg: TrainConfig, learner: Any) -> str:
+    """How the run's own method adapts, for the report's header."""
+    if cfg.algo == "maml":
+        return (
+            f"{cfg.meta.algo}: inner gradient steps of the run's own learner at inner lr "
+            f"{cfg.meta.inner_lr:g} (lr mode {cfg.meta.lr_mode})"
+        )
+    if cfg.algo == "rl2":
+        return (
+            "rl2: in context, no gradient steps; one trial per task, the policy state kept "
+            "across its episodes; column k is episode k of the trial"
+        )
+    return "ppo: the multi-task policy fine-tuned by SGD steps"
 
 
 def adapt_eval_markdown(results: dict) -> str:
     """The ``adapt_eval.json`` content as a markdown report (header and tables)."""
-    head = (
-        f"# Adaptation on {results['family']} ({results['split']} tasks)\n\n"
-        f"{results['num_tasks']} tasks x {len(results['seeds'])} seeds; per task and step "
-        f"{results['support_episodes']} episodes ({results['episodes']} envs x "
-        f"{results['episode_steps']} steps); fine-tuning: SGD on the "
-        f"{results['finetune']['objective']} surrogate, lr {results['finetune']['inner_lr']:g}; "
-        f"env steps: {results['env_steps']}. Mean ± 95% CI over (task, seed) pairs.\n\n"
+    in_context = results.get("x_offset", 0) == 1
+    per = "per task" if in_context else "per task and step"
+    unit = "trials" if in_context else "episodes"
+    lines = [
+        f"# Adaptation on {results['family']} ({results['split']} tasks)",
+        "",
+        f"{results['num_tasks']} tasks x {len(results['seeds'])} seeds; {per} "
+        f"{results['episodes']} {unit} of {results['episode_steps']} steps. "
+        f"Env steps of training: {results['env_steps']}. Mean ± 95% CI over (task, seed) "
+        "pairs.",
+        "",
+    ]
+    if results.get("adaptation"):
+        lines.append(f"- adaptation: {results['adaptation']}")
+    if results.get("finetune"):
+        ft = results["finetune"]
+        lines.append(
+            f"- fine-tuning (multitask_finetune, scratch): SGD on the {ft['objective']} "
+            f"surrogate, lr {ft['inner_lr']:g}"
+        )
+    if {"ucb1", "thompson"} & set(results["methods"]):
+        lines.append(
+            "- ucb1, thompson: classic bandit algorithms playing the same trials (statistics "
+            "kept across episodes); expected return of the arms pulled"
+        )
+    first = results["methods"][next(iter(results["methods"]))]
+    table = curves_markdown(
+        results["methods"],
+        first["steps"],
+        results.get("x", "step"),
+        with_success=results.get("reports_success", True),
+        offset=results.get("x_offset", 0),
     )
-    return head + curves_markdown(
-        results["methods"], results["methods"][next(iter(results["methods"]))]["steps"], "step"
-    )
+    return "\n".join(lines) + "\n\n" + table

@@ -135,9 +135,15 @@ def test_adapt_eval_cli_compares_meta_multitask_and_scratch_on_the_same_samples(
     assert Path(results["multitask_run"]).parent == run.path / "baselines"
     for name in ("adapt_eval.md", "plots/adapt_eval.png"):
         assert (run.path / name).stat().st_size > 0
-    # a second call reuses the baseline and reproduces every number
-    assert cli.main(argv) == 0
-    again = json.loads((run.path / "adapt_eval.json").read_text())
+    # a second call keeps the first report: refused before anything is computed ...
+    first = (run.path / "adapt_eval.json").read_bytes()
+    assert cli.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (run.path / "adapt_eval.json").read_bytes() == first
+    # ... and under another name it reuses the baseline and reproduces every number
+    assert cli.main([*argv, "--output", "again"]) == 0
+    again = json.loads((run.path / "again.json").read_text())
+    assert (run.path / "plots" / "again.png").stat().st_size > 0
     assert again["multitask_run"] == results["multitask_run"]
     assert len(list((run.path / "baselines").iterdir())) == 1
     assert again["curves"] == results["curves"]

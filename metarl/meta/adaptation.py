@@ -216,19 +216,25 @@ def summarize_curves(curves: Mapping[str, np.ndarray], steps: Sequence[int]) -> 
 
 
 def curves_markdown(
-    methods: Mapping[str, Mapping], steps: Sequence[int], x_label: str, with_success: bool = True
+    methods: Mapping[str, Mapping],
+    steps: Sequence[int],
+    x_label: str,
+    with_success: bool = True,
+    offset: int = 0,
 ) -> str:
     """A markdown table: one row per method, one column per reported step (mean ± Student-t 95%
-    CI, stated beside each table's title)."""
+    CI, stated beside each table's title). Columns are labelled ``x_label k + offset`` (in-context
+    curves: step ``s`` is episode ``s + 1`` of the trial)."""
 
     def cell(d: Mapping) -> str:
         return f"{d['mean']:.3f} ± {d['ci95']:.3f}"
 
     lines = []
     parts = [("return", "return")] + ([("success", "success")] if with_success else [])
-    parts.append(("improvement", "return gain over step 0 (paired)"))
+    first = f"{x_label} {offset}"
+    parts.append(("improvement", f"return gain over {first} (paired)"))
     for key, title in parts:
-        cols = [f"{x_label} {k}" for k in steps]
+        cols = [f"{x_label} {k + offset}" for k in steps]
         lines += [
             f"**{title}** (mean ± 95% CI, Student-t)",
             "",
@@ -241,8 +247,9 @@ def curves_markdown(
     return "\n".join(lines)
 
 
-def plot_curves(methods: Mapping[str, Mapping], title: str, x_label: str) -> bytes:
-    """A PNG: return and success against the adaptation step, one line per method (± 95% CI)."""
+def plot_curves(methods: Mapping[str, Mapping], title: str, x_label: str, offset: int = 0) -> bytes:
+    """A PNG: return and success against the adaptation step (``+ offset``: in-context curves
+    count episodes from 1), one line per method (± 95% CI)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -253,7 +260,8 @@ def plot_curves(methods: Mapping[str, Mapping], title: str, x_label: str) -> byt
         for name, summary in methods.items():
             y = [d["mean"] for d in summary[key]]
             err = [d["ci95"] for d in summary[key]]
-            ax.errorbar(summary["steps"], y, yerr=err, marker="o", capsize=3, label=name)
+            x = [k + offset for k in summary["steps"]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
         ax.set_xlabel(x_label)
         ax.set_ylabel(f"{key} (mean ± 95% CI)")
         ax.grid(alpha=0.3)
