@@ -27,6 +27,7 @@ __all__ = [
     "DriftSettings",
     "PageHinkleySettings",
     "EvalSettings",
+    "PlasticitySettings",
     "ReferenceSettings",
     "RegularizerSettings",
     "ReplaySettings",
@@ -204,6 +205,74 @@ class SkillGrowthSettings:
 
 
 @dataclass
+class PlasticitySettings:
+    """Plasticity metrics and one plasticity remedy (continual.plasticity_metrics,
+    continual.plasticity; units as defined there)."""
+
+    metrics_every: int = 0
+    """log the plasticity metrics every this many iterations (and at each known stage's last);
+    0: off"""
+    probe_sequences: int = 8
+    """sequences of the iteration's batch the activations are read on (metrics, redo, cbp)"""
+    probe_steps: int = 64
+    """their first this many steps"""
+    dormant_tau: float = 0.1
+    """metrics: a unit is dormant when its ReDo score is <= this"""
+    dead_eps: float = 1e-6
+    """metrics: a unit is dead when |activation| <= this on every probe sample"""
+    srank_delta: float = 0.01
+    """metrics: δ of the srank-δ of the features"""
+    remedy: Literal["none", "cbp", "redo", "shrink_perturb", "reset", "l2_init"] = "none"
+    """none; cbp (continual backprop); redo (recycle dormant units); shrink_perturb (at stage
+    ends); reset (chosen modules at stage ends); l2_init (regenerative L2 to the initialisation)"""
+    groups: list[str] = field(default_factory=list)
+    """redo, cbp: the unit groups acted on (encoder, encoder.hidden, layers.0, ...); empty: all"""
+    reset_moments: bool = True
+    """redo, cbp, reset: clear the optimiser moments of the re-initialised weights"""
+    redo_every: int = 10
+    """redo: recycle every this many iterations"""
+    redo_tau: float = 0.1
+    """redo: recycle units with score <= this"""
+    cbp_replacement_rate: float = 1e-3
+    """cbp: ρ, units replaced per eligible unit and iteration"""
+    cbp_maturity: int = 20
+    """cbp: m, iterations a unit is protected after its (re)initialisation"""
+    cbp_decay: float = 0.99
+    """cbp: η, decay of the running utility"""
+    shrink: float = 0.8
+    """shrink_perturb: λ in θ ← λθ + σθ_fresh"""
+    perturb: float = 0.2
+    """shrink_perturb: σ"""
+    reset_modules: list[str] = field(default_factory=lambda: ["head", "value"])
+    """reset: module paths re-initialised at every stage end (head, value, layers.1, ...)"""
+    l2_init_coef: float = 1e-3
+    """l2_init: c in c·Σ‖θ − θ_0‖²"""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        for name in ("probe_sequences", "probe_steps", "redo_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"plasticity.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("metrics_every", "cbp_maturity"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"plasticity.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("dormant_tau", "dead_eps", "redo_tau", "perturb", "l2_init_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"plasticity.{name} must be >= 0, got {getattr(self, name)}")
+        for name, lo, hi in (
+            ("srank_delta", 0.0, 1.0),
+            ("cbp_decay", 0.0, 1.0),
+        ):
+            if not lo <= getattr(self, name) < hi:
+                raise ValueError(f"plasticity.{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("cbp_replacement_rate", "shrink"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"plasticity.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.remedy == "reset" and not self.reset_modules:
+            raise ValueError("plasticity.remedy=reset needs plasticity.reset_modules (e.g. [head])")
+
+
+@dataclass
 class SequenceConfig:
     """One continual run through a curriculum: ``metarl sequence CONFIG.yaml key=value ...``."""
 
@@ -249,6 +318,8 @@ class SequenceConfig:
     """single-task reference for forward transfer"""
     skills: SkillGrowthSettings = field(default_factory=SkillGrowthSettings)
     """the skill library the run grows at stage ends"""
+    plasticity: PlasticitySettings = field(default_factory=PlasticitySettings)
+    """plasticity metrics and remedies"""
     run: RunConfig = field(default_factory=RunConfig)
     """run directory (name default: the curriculum's) and checkpoints: one at every stage end,
     plus one every run.checkpoint_every iterations within stages (0: none)"""
@@ -347,6 +418,14 @@ class SequenceConfig:
             raise ValueError(f"eval.adapt_steps must be >= 0 or null, got {e.adapt_steps}")
         if self.skills.tasks_per_stage < 1:
             raise ValueError("skills.tasks_per_stage must be >= 1")
+        self.plasticity.validate()
+        pl = self.plasticity
+        if self.learner in META_LEARNERS and self.meta.outer == "trpo":
+            if pl.remedy != "none" or pl.metrics_every:
+                raise ValueError(
+                    "plasticity metrics and remedies are plugins of an Adam/SGD outer step: use "
+                    "meta.outer=adam (or sgd) with them, not trpo"
+                )
         if self.reference.mode == "file" and not self.reference.path:
             raise ValueError("reference.mode=file needs reference.path")
         if self.run.checkpoint_every < 0:

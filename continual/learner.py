@@ -54,6 +54,7 @@ from .distill import ReplayDistillation
 from .drift import DriftMonitor, StreamDetector
 from .meta_replay import MetaReplay
 from .packnet import PackNet
+from .plasticity import make_metrics, make_remedy
 from .progressive import ProgressiveColumns, progressive_policy
 from .regularizers import EWC, L2Anchor
 from .replay import ReplayBuffer
@@ -181,8 +182,14 @@ class ContinualLearner:
                 steps_per_stage=rp.steps_per_stage,
                 relabel=rp.relabel,
             )
+        # the remedy before the metrics: their stage-start snapshot follows its stage-end change
+        pl = config.plasticity
+        self.remedy = make_remedy(pl, policy, config.seed, lambda: self.trainer.optimizer)
+        self.plasticity_metrics = make_metrics(pl, policy)
         self.plugins = PluginList(
-            [p for p in (self.regularizer, self.replay) if p is not None] + list(extra_plugins)
+            [p for p in (self.regularizer, self.replay) if p is not None]
+            + [p for p in (self.remedy, self.plasticity_metrics) if p is not None]
+            + list(extra_plugins)
         )
         self.trainer.plugins = self.plugins
         if isinstance(self.trainer, MetaTrainer):
@@ -389,6 +396,10 @@ class ContinualLearner:
             "stream_previous": self._stream_previous,
             "snapshots": [dict(p) for p in self._snapshots],
             "acting": None if self.acting is None else self.acting.state_dict(),
+            "remedy": None if self.remedy is None else self.remedy.state_dict(),
+            "plasticity_metrics": (
+                None if self.plasticity_metrics is None else self.plasticity_metrics.state_dict()
+            ),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -406,7 +417,7 @@ class ContinualLearner:
             maxlen=self._snapshots.maxlen,
         )
         self.recent = deque((Trajectory(**t) for t in state["recent"]), maxlen=self.recent.maxlen)
-        for name in ("regularizer", "replay", "monitor", "acting"):
+        for name in ("regularizer", "replay", "monitor", "acting", "remedy", "plasticity_metrics"):
             mine, saved = getattr(self, name), state.get(name)
             if (mine is None) != (saved is None):
                 raise ValueError(f"the checkpoint's {name} plugin does not match the config's")
