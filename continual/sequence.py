@@ -53,7 +53,7 @@ import torch
 
 from curricula import BuiltCurriculum, Curriculum, StageSchedule, load_curriculum
 from metarl.cli_args import check_resume_overrides
-from metarl.config import config_to_dict, dump_config, load_config
+from metarl.config import ConfigError, config_to_dict, dump_config, load_config
 from metarl.harness import TrainingDiverged, restore, run_loop, seed_everything
 from metarl.run_dir import RunDir
 from metarl.skill_sink import skill_sink_opener
@@ -159,18 +159,22 @@ def run_sequence(
     curriculum = prepare_curriculum(cfg)
     if cfg.skills.library is not None:
         skill_sink_opener(cfg.skills.sink)  # no provider: a config error before anything is written
+    try:  # everything is built (envs, policy, learner, plugins) before a directory exists
+        sequence = SequenceRun(cfg, curriculum)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if not write:
-        return SequenceRun(cfg, curriculum).run_in_memory()
+        return sequence.run_in_memory()
     if run is None:
         run = RunDir.create(cfg.run.root, cfg.run.name or curriculum.name, cfg, cfg.seed)
-        cfg = _snapshot_curriculum(run, cfg)
-    return SequenceRun(cfg, curriculum).run_in(run, resuming=False)
+        sequence.cfg = _snapshot_curriculum(run, cfg)
+    return sequence.run_in(run, resuming=False)
 
 
 def resume_sequence(run_dir: str | Path, overrides: Iterable[str] = ()) -> SequenceResult:
     """Continue a run from its latest checkpoint (``overrides`` may change only ``run.*`` and
     ``logging.*``)."""
-    run = RunDir.open(run_dir)
+    run = RunDir.open(run_dir, expect="sequence")
     cfg = run.load_config(SequenceConfig, check_resume_overrides(overrides))
     if (run.path / CURRICULUM_FILE).is_file():  # the copy, wherever the run directory is now
         cfg = dataclasses.replace(cfg, curriculum=str(run.path / CURRICULUM_FILE))
