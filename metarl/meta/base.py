@@ -130,6 +130,14 @@ class MetaLearner(abc.ABC):
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
         if not isinstance(policy, torch.nn.Module):
             raise ValueError(f"policy must be an nn.Module, got {type(policy).__name__}")
+        missing = [a for a in ("initial_state", "log_prob", "entropy") if not hasattr(policy, a)]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} meta-learns RL policies: it needs an ssm.SequencePolicy "
+                f"(it re-runs trajectories through one), got a {type(policy).__name__} without "
+                f"{', '.join(missing)}; for your own module and loss use "
+                "metarl.meta.generic.adapt(module, loss_fn, lr=..., steps=...)"
+            )
         self.policy, self.inner_lr, self.inner_steps = policy, float(inner_lr), inner_steps
         self.inner_objective, self.clip_coef = inner_objective, clip_coef
         self.gamma, self.gae_lambda, self.baseline, self.norm_adv = (
