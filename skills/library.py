@@ -25,6 +25,12 @@ from disk, applies its change and replaces the manifest atomically. So concurren
 entries, and a reader (which takes no lock) always sees a complete manifest. A file that is
 missing, truncated, corrupt or fails its checksum raises :class:`SkillFileError` naming it, and the
 other skills still load.
+
+A library directory is untrusted input (libraries are shared): the library never follows a
+symbolic link (``skills/``, ``bases/``, the manifest, the lock or a tensor file), reads a tensor
+file only up to the size its architecture's parameters need (and checks its header against them
+before decoding), refuses manifest names that ``add`` would refuse, and deletes only files whose
+path it built itself and that no other entry lists.
 """
 
 from __future__ import annotations
@@ -32,10 +38,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import re
+import stat
 import time
+import unicodedata
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,9 +62,12 @@ from .network import build_network, parameter_shapes
 from .skill import Skill, SkillInfo
 from .spec import ArchSpec
 from .storage import (
+    MAX_JSON_DEPTH,
+    check_not_link,
     dump_json,
     encode_tensors,
     file_lock,
+    json_depth,
     load_tensor_file,
     read_json,
     sha256_hex,
@@ -64,8 +77,12 @@ FORMAT = "skill-library"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-_FILE_RE = re.compile(r"^(skills|bases)/[0-9a-f]{32}\.safetensors$")
-_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_FILE_RE = re.compile(r"(skills|bases)/[0-9a-f]{32}\.safetensors")  # always fullmatch
+_ID_RE = re.compile(r"[0-9a-f]{32}")
+_METADATA_DEPTH = MAX_JSON_DEPTH - 3
+"""metadata sits three containers deep in the manifest (root, "skills", the entry)"""
+_HEADER_ALLOWANCE = 16384
+"""bytes a tensor file may hold beyond its tensors' data: the header's fixed part and metadata"""
 _MISSING = object()
 
 
@@ -105,11 +122,27 @@ def decode_embedding(text: Any, dim: int) -> np.ndarray:
     return vec
 
 
+def _short(name: Any) -> str:
+    """``repr(name)``, cut to 80 characters (names in a stranger's manifest may be long)."""
+    text = repr(name)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
 def _check_name(name: Any, what: str = "skill") -> str:
     if not isinstance(name, str) or not name or len(name) > 256:
         raise SkillLibraryError(f"a {what} name must be a non-empty str of at most 256 characters")
     if any(ord(c) < 32 for c in name):
-        raise SkillLibraryError(f"a {what} name must not contain control characters: {name!r}")
+        raise SkillLibraryError(
+            f"a {what} name must not contain control characters: {_short(name)}"
+        )
+    # Names are shown to people: nothing invisible, nothing that reorders or breaks the text, no
+    # lone surrogates, and one spelling per name (NFC), so two names never look alike.
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in name):
+        raise SkillLibraryError(
+            f"a {what} name must not contain invisible or format characters: {_short(name)}"
+        )
+    if not unicodedata.is_normalized("NFC", name):
+        raise SkillLibraryError(f"a {what} name must be in Unicode NFC form: {_short(name)}")
     return name
 
 
@@ -128,15 +161,46 @@ def _as_params(params: Mapping[str, Tensor] | nn.Module) -> dict[str, Tensor]:
     return out
 
 
-_SHAPES: dict[str, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {}
+_SHAPES: OrderedDict[str, dict[str, tuple[tuple[int, ...], torch.dtype]]] = OrderedDict()
+_SHAPES_KEPT = 64
+"""architectures whose shapes stay cached (least recently used go first): a manifest from a
+stranger may list any number"""
 
 
 def _expected(spec: ArchSpec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """The parameter names, shapes and dtypes of ``spec``'s network (computed once per spec)."""
+    """The parameter names, shapes and dtypes of ``spec``'s network (cached per spec)."""
     key = spec.spec_id()
-    if key not in _SHAPES:
+    if key in _SHAPES:
+        _SHAPES.move_to_end(key)
+    else:
         _SHAPES[key] = parameter_shapes(spec)
+        while len(_SHAPES) > _SHAPES_KEPT:
+            _SHAPES.popitem(last=False)
     return _SHAPES[key]
+
+
+def _file_limit(spec: ArchSpec) -> int:
+    """The most bytes a tensor file of ``spec``'s parameters can need."""
+    want = _expected(spec)
+    data = sum(math.prod(shape) * dtype.itemsize for shape, dtype in want.values())
+    return data + _HEADER_ALLOWANCE + sum(len(k) + 128 for k in want)
+
+
+def _header_mismatch(
+    declared: Mapping[str, tuple[torch.dtype, tuple[int, ...]]], spec
+) -> str | None:
+    """How a tensor file's declared tensors fail ``spec``'s parameters (a subset may be
+    declared: a skill on a base stores what differs), or None."""
+    want = _expected(spec)
+    unexpected = sorted(set(declared) - set(want))
+    if unexpected:
+        return f"unexpected tensor(s) {unexpected[:5]}"
+    bad = [
+        f"{k}: {shape} {dtype}, expected {want[k][0]} {want[k][1]}"
+        for k, (dtype, shape) in declared.items()
+        if shape != want[k][0] or dtype != want[k][1]
+    ]
+    return "wrong shape/dtype " + "; ".join(bad[:5]) if bad else None
 
 
 def _mismatch(params: Mapping[str, Tensor], spec: ArchSpec) -> str | None:
@@ -239,7 +303,7 @@ class SkillLibrary:
     # -- the manifest ---------------------------------------------------------------------------
     def _stat_key(self) -> tuple[int, int, int]:
         try:
-            st = os.stat(self.manifest_path)
+            st = os.lstat(self.manifest_path)
         except FileNotFoundError:
             raise SkillFileError(f"{self.manifest_path} is missing", self.manifest_path) from None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -301,16 +365,18 @@ class SkillLibrary:
         bases: dict[str, dict[str, Any]] = {}
         for name, entry in raw["bases"].items():
             try:
+                _check_name(name, "base")
                 bases[name] = self._parse_base(entry, archs, arch_errors)
             except (ValueError, TypeError) as e:
-                broken[f"base:{name}"] = f"base {name!r} in {self.manifest_path}: {e}"
+                broken[f"base:{name}"] = f"base {_short(name)} in {self.manifest_path}: {e}"
         infos: dict[str, SkillInfo] = {}
         dim = raw.get("embedding_dim")
         for name, entry in raw["skills"].items():
             try:
+                _check_name(name)
                 infos[name] = self._parse_skill(name, entry, archs, arch_errors, dim)
             except (ValueError, TypeError) as e:
-                broken[name] = f"skill {name!r} in {self.manifest_path}: {e}"
+                broken[name] = f"skill {_short(name)} in {self.manifest_path}: {e}"
         self._raw, self._archs, self._bases, self._infos = raw, archs, bases, infos
         self._broken, self._index = broken, None
 
@@ -321,7 +387,7 @@ class SkillLibrary:
             if digest is not None:
                 raise ValueError("sha256 given without a file")
             return
-        if not isinstance(file, str) or not _FILE_RE.match(file):
+        if not isinstance(file, str) or not _FILE_RE.fullmatch(file):
             raise ValueError(f"invalid file {file!r}")
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise ValueError(f"invalid sha256 {digest!r}")
@@ -345,7 +411,7 @@ class SkillLibrary:
     def _parse_skill(self, name, entry, archs, arch_errors, dim) -> SkillInfo:
         if not isinstance(entry, dict):
             raise ValueError("the entry must be a JSON object")
-        if not isinstance(entry.get("id"), str) or not _ID_RE.match(entry["id"]):
+        if not isinstance(entry.get("id"), str) or not _ID_RE.fullmatch(entry["id"]):
             raise ValueError(f"invalid id {entry.get('id')!r}")
         base = entry.get("base")
         if base is not None and not isinstance(base, str):
@@ -356,6 +422,8 @@ class SkillLibrary:
         metadata = entry.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ValueError("metadata must be a JSON object")
+        if json_depth(metadata) > _METADATA_DEPTH:
+            raise ValueError(f"metadata is nested deeper than {_METADATA_DEPTH} levels")
         return SkillInfo(
             name=name,
             id=entry["id"],
@@ -425,8 +493,9 @@ class SkillLibrary:
         entry = self._bases[name]
         digest = entry["sha256"]
         if digest not in self._base_cache:
-            path = self.path / entry["file"]
-            tensors = self._load(path, digest, f"base {name!r}")
+            path = self._tensor_path(entry["file"])
+            self._check_plausible(entry["spec"], path, f"base {name!r}")
+            tensors = self._load(path, digest, f"base {name!r}", entry["spec"])
             problem = self._fit(tensors, entry["spec"], f"base {name!r}")
             if problem:
                 raise SkillFileError(
@@ -440,6 +509,9 @@ class SkillLibrary:
     def params(self, name: str) -> dict[str, Tensor]:
         """The full parameters of skill ``name`` (its base overlaid with its own tensors)."""
         info = self.info(name)
+        own = None if info.file is None else self._tensor_path(info.file)
+        if info.base is None:  # a skill on a base: the base's file is checked by base_params
+            self._check_plausible(info.arch, own, f"skill {name!r}")
         params: dict[str, Tensor] = {}
         if info.base is not None:
             try:
@@ -449,8 +521,8 @@ class SkillLibrary:
                     f"skill {name!r} needs base {info.base!r}, which {self.manifest_path} lacks",
                     self.manifest_path,
                 ) from None
-        if info.file is not None:
-            params.update(self._load(self.path / info.file, info.sha256 or "", f"skill {name!r}"))
+        if own is not None:
+            params.update(self._load(own, info.sha256 or "", f"skill {name!r}", info.arch))
         problem = self._fit(params, info.arch, f"skill {name!r}")
         if problem:
             where = self.path / info.file if info.file else self.manifest_path
@@ -461,10 +533,49 @@ class SkillLibrary:
             )
         return params
 
-    def _load(self, path: Path, sha256: str, what: str) -> dict[str, Tensor]:
-        """:func:`load_tensor_file`, its errors saying which entry of the manifest wanted it."""
+    def _tensor_path(self, file: str) -> Path:
+        """The path of a manifest's ``file`` (``skills/<id>.safetensors``): refused unless it is
+        exactly that form and its folder is not a symbolic link."""
+        if not isinstance(file, str) or not _FILE_RE.fullmatch(file):
+            raise SkillFileError(f"{self.manifest_path} lists an invalid file {_short(file)}",
+                                 self.manifest_path)  # fmt: skip
+        folder = self.path / file.split("/")[0]
+        check_not_link(folder, "library folder")
+        if folder.exists() and not folder.is_dir():
+            raise SkillFileError(f"library folder {folder} is not a directory", folder)
+        return self.path / file
+
+    def _check_plausible(self, spec: ArchSpec, file: Path | None, what: str) -> None:
+        """Refuse a spec that needs more parameter bytes than its full parameter ``file`` holds
+        (None: no file), before any network, even on the ``meta`` device, is built from it."""
+        held = 0
+        if file is not None:
+            try:
+                st = os.lstat(file)
+            except OSError:
+                return  # reported when the file is read
+            if not stat.S_ISREG(st.st_mode):
+                return  # a link or a special file: refused when it is read
+            held = st.st_size
+        need = spec.min_parameters * (8 if spec.dtype == "float64" else 4)
+        if need > held:
+            where = file if file is not None else self.manifest_path
+            raise SkillFileError(
+                f"{what} in {self.manifest_path} has an architecture of at least {need:,} bytes "
+                f"of parameters, but its tensor file {where} holds {held:,}",
+                where,
+            )
+
+    def _load(self, path: Path, sha256: str, what: str, spec: ArchSpec) -> dict[str, Tensor]:
+        """:func:`load_tensor_file` (at most the bytes ``spec``'s parameters need, its header
+        checked against them before decoding), its errors saying which entry wanted it."""
         try:
-            return load_tensor_file(path, sha256)
+            limit = _file_limit(spec)
+        except SkillLibraryError as e:
+            raise SkillLibraryError(f"{what} in {self.manifest_path}: {e}",
+                                    self.manifest_path) from None  # fmt: skip
+        try:
+            return load_tensor_file(path, sha256, limit, lambda d: _header_mismatch(d, spec))
         except SkillFileError as e:
             raise SkillFileError(f"{e} ({what}, listed in {self.manifest_path})", path) from None
 
@@ -622,11 +733,11 @@ class SkillLibrary:
         if len(set(names)) != len(names):
             raise SkillLibraryError(f"duplicate names in one add_many call: {names}")
         written: list[Path] = []
-        old_files: list[Path] = []
+        old_files: list[Any] = []
         try:
             for p in prepared:
                 if p["data"] is not None:
-                    path = self.path / p["entry"]["file"]
+                    path = self._tensor_path(p["entry"]["file"])
                     write_atomic(path, p["data"])
                     written.append(path)
             with file_lock(self.lock_path):
@@ -634,15 +745,31 @@ class SkillLibrary:
                 for p in prepared:
                     old = self._insert(raw, p, replace)
                     if old is not None:
-                        old_files.append(self.path / old)
+                        old_files.append(old)
                 self._write(raw)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
             raise
-        for path in old_files:
-            path.unlink(missing_ok=True)
+        self._delete_unlisted(old_files, raw)
         return [self._infos[n] for n in names]
+
+    def _delete_unlisted(self, files: Iterable[Any], raw: Mapping[str, Any]) -> None:
+        """Delete the tensor files of removed or replaced entries: only paths of the form the
+        library writes (never a manifest's ``../`` or absolute path), in a folder that is not a
+        link, and only where no remaining entry lists the same file."""
+        listed = {
+            e.get("file")
+            for group in ("skills", "bases")
+            for e in raw[group].values()
+            if isinstance(e, dict)
+        }
+        for file in files:
+            if isinstance(file, str) and _FILE_RE.fullmatch(file) and file not in listed:
+                try:
+                    self._tensor_path(file).unlink(missing_ok=True)
+                except SkillFileError:
+                    pass  # a linked folder: the file is not the library's to delete
 
     def _prepare(self, item: dict[str, Any]) -> dict[str, Any]:
         """Validate one item and encode its tensor file (outside the lock)."""
@@ -717,6 +844,10 @@ class SkillLibrary:
                     value = value.item()
                 meta[key] = value
         meta.setdefault("created", _now())
+        if json_depth(meta) > _METADATA_DEPTH:
+            raise SkillLibraryError(
+                f"skill {name!r}: metadata is nested deeper than {_METADATA_DEPTH} levels"
+            )
         for key, value in meta.items():
             if not isinstance(key, str):
                 raise SkillLibraryError(f"skill {name!r}: metadata keys must be str, got {key!r}")
@@ -783,7 +914,7 @@ class SkillLibrary:
             raise SkillLibraryError(f"base {name!r}: params do not fit the arch: {problem}")
         base_id = uuid.uuid4().hex
         data = encode_tensors(tensors, {"base": name, "format": FORMAT})
-        path = self.path / "bases" / f"{base_id}.safetensors"
+        path = self._tensor_path(f"bases/{base_id}.safetensors")
         write_atomic(path, data)
         try:
             with file_lock(self.lock_path):
@@ -813,10 +944,11 @@ class SkillLibrary:
             if name not in raw["skills"]:
                 raise SkillNotFoundError(self._unknown(name, list(raw["skills"]), "skill"))
             entry = raw["skills"].pop(name)
+            file = entry.get("file") if isinstance(entry, dict) else None
+            if isinstance(file, str) and _FILE_RE.fullmatch(file):
+                self._tensor_path(file)  # a linked folder: refused before the manifest changes
             self._write(raw)
-        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
-            if _FILE_RE.match(entry["file"]):
-                (self.path / entry["file"]).unlink(missing_ok=True)
+        self._delete_unlisted([file], raw)
 
     def remove_base(self, name: str) -> None:
         """Remove base ``name``; refused while skills refer to it."""
@@ -834,10 +966,11 @@ class SkillLibrary:
                     self.manifest_path,
                 )
             entry = raw["bases"].pop(name)
+            file = entry.get("file") if isinstance(entry, dict) else None
+            if isinstance(file, str) and _FILE_RE.fullmatch(file):
+                self._tensor_path(file)  # a linked folder: refused before the manifest changes
             self._write(raw)
-        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
-            if _FILE_RE.match(entry["file"]):
-                (self.path / entry["file"]).unlink(missing_ok=True)
+        self._delete_unlisted([file], raw)
 
     def collect_garbage(self, min_age_s: float = 3600.0) -> list[Path]:
         """Delete tensor and temp files that the manifest does not reference and that are older
@@ -855,13 +988,18 @@ class SkillLibrary:
             now = time.time()
             for sub in ("skills", "bases", "."):
                 folder = self.path / sub
+                check_not_link(folder, "library folder")
                 if not folder.is_dir():
                     continue
                 for f in folder.iterdir():
                     rel = f"{sub}/{f.name}"
                     is_tensor = sub != "." and f.suffix == ".safetensors" and rel not in used
                     is_tmp = f.name.startswith(".") and f.name.endswith(".tmp")
-                    if (is_tensor or is_tmp) and now - f.stat().st_mtime >= min_age_s:
-                        f.unlink(missing_ok=True)
-                        removed.append(f)
+                    if not (is_tensor or is_tmp):
+                        continue
+                    st = f.lstat()  # a link is judged (and removed) as itself, never its target
+                    if stat.S_ISDIR(st.st_mode) or now - st.st_mtime < min_age_s:
+                        continue
+                    f.unlink(missing_ok=True)
+                    removed.append(f)
         return removed

@@ -3,16 +3,23 @@ are :func:`ssm.util.write_atomic`).
 
 Nothing here executes code from a file: tensors are read with ``safetensors`` (a JSON header and
 raw bytes) after their sha256 is checked, and the manifest is JSON.
+
+A library directory may come from a stranger, so every read opens a regular file without
+following a symbolic link (``O_NOFOLLOW``; a FIFO or device is refused without blocking), with a
+size limit checked before a byte is read, and JSON nested deeper than :data:`MAX_JSON_DEPTH` is
+refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +30,83 @@ from safetensors.torch import save as _st_save
 
 from .errors import SkillFileError, SkillLibraryError
 
+MAX_MANIFEST_BYTES = 128 << 20
+"""the largest manifest read (~100,000 skills with modest metadata)"""
+MAX_JSON_DEPTH = 64
+"""the deepest nesting of JSON containers the library reads or stores"""
+MAX_HEADER_BYTES = 1 << 20
+"""the largest safetensors header read"""
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_LINK = "is a symbolic link; a skill library never follows links (one could point outside it)"
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_bytes(path: Path, what: str) -> bytes:
+def _open_error(e: OSError, path: Path, what: str) -> SkillFileError:
+    if isinstance(e, FileNotFoundError):
+        return SkillFileError(f"{what} {path} is missing", path)
+    if e.errno == errno.ELOOP:
+        return SkillFileError(f"{what} {path} {_LINK}", path)
+    return SkillFileError(f"{what} {path} cannot be read: {e.strerror or e}", path)
+
+
+def check_not_link(path: Path, what: str) -> None:
+    """Raise :class:`SkillFileError` if ``path`` is a symbolic link (absent is fine)."""
     try:
-        return path.read_bytes()
+        st = os.lstat(path)
     except FileNotFoundError:
-        raise SkillFileError(f"{what} {path} is missing", path) from None
+        return
+    except (OSError, ValueError) as e:
+        raise SkillFileError(f"{what} {path} cannot be inspected: {e}", path) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise SkillFileError(f"{what} {path} {_LINK}", path)
+
+
+def read_bytes(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of ``path``: a regular file (not a link, FIFO or device) of at most ``limit``
+    bytes, checked before anything is read."""
+    check_not_link(path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | getattr(os, "O_BINARY", 0))
     except OSError as e:
-        raise SkillFileError(f"{what} {path} cannot be read: {e}", path) from None
+        raise _open_error(e, path, what) from None
+    except ValueError as e:  # an embedded NUL
+        raise SkillFileError(f"{what} {path!r} is not a valid path: {e}", path) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise SkillFileError(f"{what} {path} is not a regular file", path)
+        if st.st_size > limit:
+            raise SkillFileError(
+                f"{what} {path} has {st.st_size:,} bytes, more than the limit of {limit:,} bytes",
+                path,
+            )
+        try:
+            data = f.read(st.st_size + 1)
+        except OSError as e:
+            raise SkillFileError(f"{what} {path} cannot be read: {e}", path) from None
+    if len(data) != st.st_size:
+        raise SkillFileError(f"{what} {path} changed while it was read", path)
+    return data
+
+
+def json_depth(value: Any) -> int:
+    """How deeply JSON containers nest in ``value`` (a scalar: 0; ``[1]``: 1); iterative."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 @contextlib.contextmanager
@@ -51,8 +123,14 @@ def file_lock(path: Path, timeout: float = 120.0) -> Iterator[None]:
             "writing to a skill library needs fcntl.flock (POSIX); reading works everywhere", path
         ) from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    check_not_link(path, "lock file")
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK, 0o644)
+    except OSError as e:
+        raise _open_error(e, path, "lock file") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SkillFileError(f"lock file {path} is not a regular file", path)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -90,9 +168,78 @@ def decode_tensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def load_tensor_file(path: Path, sha256: str) -> dict[str, torch.Tensor]:
-    """Read ``path``, check its sha256 against the manifest's, then parse it."""
-    data = read_bytes(path, "tensor file")
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def tensor_header(data: bytes, path: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """The tensors a safetensors file declares (name -> dtype, shape), read from its JSON header
+    without allocating any tensor; each declared shape x dtype must equal its data span, and the
+    spans must tile the data exactly."""
+
+    def bad(why: str) -> SkillFileError:
+        return SkillFileError(f"tensor file {path} has an invalid safetensors header: {why}", path)
+
+    if len(data) < 8:
+        raise bad("the file is shorter than 8 bytes")
+    n = int.from_bytes(data[:8], "little")
+    if n > min(len(data) - 8, MAX_HEADER_BYTES):
+        raise bad(f"a header of {n:,} bytes in a file of {len(data):,}")
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise bad(f"not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise bad("not a JSON object")
+    out, spans = {}, []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise bad(f"entry {name!r} is not {{dtype, shape, data_offsets}}")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _ST_DTYPES:
+            raise bad(f"entry {name!r} has an unknown dtype {dtype!r}")
+        ints = shape if isinstance(shape, list) else [None]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+            raise bad(f"entry {name!r} has an invalid shape {shape!r}")
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
+            raise bad(f"entry {name!r} has invalid data_offsets {offsets!r}")
+        size = _ST_DTYPES[dtype].itemsize
+        for v in shape:
+            size *= v
+        if size != offsets[1] - offsets[0]:
+            raise bad(f"entry {name!r} declares {size:,} bytes for a span of "
+                      f"{offsets[1] - offsets[0]:,}")  # fmt: skip
+        spans.append((offsets[0], offsets[1]))
+        out[name] = (_ST_DTYPES[dtype], tuple(shape))
+    end = 0
+    for lo, hi in sorted(spans):
+        if lo != end:
+            raise bad("the tensors' data spans overlap or leave gaps")
+        end = hi
+    if end != len(data) - 8 - n:
+        raise bad(f"the tensors span {end:,} bytes of data, the file holds {len(data) - 8 - n:,}")
+    return out
+
+
+def load_tensor_file(
+    path: Path,
+    sha256: str,
+    limit: int,
+    check: Callable[[dict[str, tuple[torch.dtype, tuple[int, ...]]]], str | None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read ``path`` (at most ``limit`` bytes), check its sha256 against the manifest's, check
+    its header with ``check`` (a description of the mismatch, or None), then parse it."""
+    data = read_bytes(path, "tensor file", limit)
     got = sha256_hex(data)
     if got != sha256:
         raise SkillFileError(
@@ -100,6 +247,10 @@ def load_tensor_file(path: Path, sha256: str) -> dict[str, torch.Tensor]:
             f"{sha256[:12]}…): it is truncated, corrupt or was replaced",
             path,
         )
+    declared = tensor_header(data, path)
+    problem = check(declared) if check is not None else None
+    if problem:
+        raise SkillFileError(f"tensor file {path} does not fit its architecture: {problem}", path)
     return decode_tensors(data, path)
 
 
@@ -108,8 +259,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def read_json(path: Path, what: str) -> Any:
-    data = read_bytes(path, what)
+def read_json(path: Path, what: str, limit: int = MAX_MANIFEST_BYTES) -> Any:
+    data = read_bytes(path, what, limit)
     try:
         return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:

@@ -46,6 +46,8 @@ _OBS_DTYPES = ("float32", "float64", "uint8", "int64", "int32")
 MAX_WIDTH = 1 << 16
 MAX_ELEMENTS = 1 << 24
 MAX_LAYERS = 256
+MAX_ACTION_ELEMENTS = MAX_WIDTH
+"""the largest Box action (its bounds are lists of this many numbers, filled in when absent)"""
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -107,6 +109,10 @@ def check_space(space: Any, role: str) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "box", "shape": shape, "dtype": dtype}
     if role == "action":
         size = int(np.prod(shape))
+        if size > MAX_ACTION_ELEMENTS:
+            raise ValueError(
+                f"the action space shape {shape} has more than {MAX_ACTION_ELEMENTS} elements"
+            )
         for key, default in (("low", "-inf"), ("high", "inf")):
             raw = space.get(key, [default] * size)
             if not isinstance(raw, (list, tuple)) or len(raw) != size:
@@ -299,6 +305,24 @@ class PolicySpec:
     def obs_shape(self) -> tuple[int, ...]:
         """The shape of one observation (``()`` for Discrete)."""
         return () if self.observation["type"] == "discrete" else tuple(self.observation["shape"])
+
+    @property
+    def min_parameters(self) -> int:
+        """A lower bound on the parameter count of the network this spec describes, computed
+        without building it (layout ``ssm.SequencePolicy/1``): the vector encoder's two linear
+        layers, the input projection, a LayerNorm per layer and the final one, and the value head;
+        the sequence layers, the image encoder and the action head count as zero."""
+        d, h = self.d_model, self.encoder_hidden
+        total = 0
+        if not is_image(self.observation):
+            obs = self.observation
+            d_in = obs["n"] if obs["type"] == "discrete" else int(np.prod(obs["shape"]))
+            d_in += len(self.condition)
+            total += d_in * h + h + h * d + d
+        extra = self.prev_action_dim + 2 if self.in_context else 0
+        total += (d + extra) * d + d  # in_proj
+        total += 2 * d * (self.n_layers + 1)  # the pre-norms and the final norm
+        return total + d + 1  # value head
 
     @property
     def action_shape(self) -> tuple[int, ...]:
