@@ -131,6 +131,8 @@ def _short(name: Any) -> str:
 def _check_name(name: Any, what: str = "skill") -> str:
     if not isinstance(name, str) or not name or len(name) > 256:
         raise SkillLibraryError(f"a {what} name must be a non-empty str of at most 256 characters")
+    if name.isascii() and name.isprintable():
+        return name  # the common case: nothing below can apply
     if any(ord(c) < 32 for c in name):
         raise SkillLibraryError(
             f"a {what} name must not contain control characters: {_short(name)}"

@@ -94,19 +94,18 @@ def read_bytes(path: Path, what: str, limit: int) -> bytes:
 
 
 def json_depth(value: Any) -> int:
-    """How deeply JSON containers nest in ``value`` (a scalar: 0; ``[1]``: 1); iterative."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return deepest
+    """How deeply JSON containers nest in ``value`` (a scalar: 0; ``[1]``: 1), level by level
+    (no recursion, so any depth is safe to measure)."""
+    depth, level = 0, [value] if isinstance(value, (dict, list)) else []
+    while level:
+        depth += 1
+        below = []
+        for node in level:
+            for child in node.values() if isinstance(node, dict) else node:
+                if isinstance(child, (dict, list)):
+                    below.append(child)
+        level = below
+    return depth
 
 
 @contextlib.contextmanager
