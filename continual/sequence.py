@@ -257,6 +257,11 @@ class SequenceRun:
         return self.learner.iteration
 
     @property
+    def policy(self) -> torch.nn.Module:
+        """The learner's live policy (checkpoints record it for :func:`metarl.load`)."""
+        return self.learner.policy
+
+    @property
     def global_step(self) -> int:
         return self.learner.global_step
 

@@ -37,12 +37,15 @@ _LAZY = {
     "Trainer": ".harness",
     "run_loop": ".harness",
     "collect_tasks": ".task_rollout",
+    "Agent": ".loading",
+    "load": ".loading",
 }
 
 
 __getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
+    "Agent",
     "FAMILIES",
     "IMAML",
     "MAML",
@@ -63,6 +66,7 @@ __all__ = [
     "Trajectory",
     "collect_tasks",
     "gae",
+    "load",
     "make_family",
     "normalize_advantages",
     "policy_evaluate",

@@ -124,7 +124,24 @@ def write_status(run: RunDir, status: str, trainer: Trainer, message: str | None
 
 def checkpoint(run: RunDir, trainer: Trainer, keep: int) -> None:
     state = {"trainer": trainer.state_dict(), "rng": capture_rng_state()}
+    record = policy_record(getattr(trainer, "policy", None))
+    if record is not None:  # what metarl.load needs, without the config or the trainer's code
+        state["policy"] = record
     run.save_checkpoint(trainer.global_step, state, keep=keep)
+
+
+def policy_record(policy: Any) -> dict[str, Any] | None:
+    """A trainer's policy as a checkpoint entry: its kind, its spec (a JSON string) and its
+    weights; None for a trainer without one policy (a population)."""
+    kinds = {"SequencePolicy": "sequence", "ProgressivePolicy": "progressive"}
+    kind = kinds.get(type(policy).__name__)
+    if kind is None:
+        return None
+    return {
+        "kind": kind,
+        "spec": json.dumps(policy.spec.to_json(), sort_keys=True),
+        "state": {k: v.detach().clone() for k, v in policy.state_dict().items()},
+    }
 
 
 def restore(run: RunDir, trainer: Trainer) -> bool:
