@@ -7,7 +7,10 @@ layer it is compared to, so that load changes on a shared machine hit both alike
 1. Training pass (forward + backward of ``y.sum()``) at B=16, D=64, L in {256, 1024} for each kind,
    against ``torch.nn.GRU(64, 64, batch_first=True)``. ``speedup = t_GRU / t_kind`` (> 1: faster
    than GRU). "mamba_torch" is Mamba with ``backend="torch"`` (the pure-PyTorch reference loop),
-   timed with fewer repeats where it is slow (as many as fit in a per-cell time budget).
+   timed with fewer repeats where it is slow (as many as fit in a per-cell time budget);
+   "mamba_chunked" is Mamba with ``backend="chunked"`` (the chunked torch scan, the CUDA path for
+   calls with an initial state or resets), likewise; ``chunked_vs_reference`` in the JSON is
+   t(mamba_torch) / t(mamba_chunked) per L. "mamba2" is Mamba-2 (chunked SSD form).
 2. Per-step inference latency (``torch.inference_mode()``) of each kind's ``.step`` at B=1 and
    B=64 against ``torch.nn.GRUCell(64, 64)``. ``ratio = t_kind / t_GRUCell`` (< 1: faster).
 3. Peak memory of one training pass, per kind, each in a fresh subprocess (see ``MEMORY_METHOD``).
@@ -51,6 +54,7 @@ from bench_ssm_settings import (
     ALL_KINDS,
     B_TRAIN,
     D_MODEL,
+    MAMBA2,
     MEMORY_METHOD,
     NOISY_CORES,
     REFERENCE_NOTE,
@@ -80,6 +84,10 @@ def build(kind: str, d_model: int = D_MODEL) -> nn.Module:
         return ssm.make_layer("mamba", d_model, d_state=16, expand=2, backend="torch")
     if kind == "mamba":
         return ssm.make_layer("mamba", d_model, d_state=16, expand=2, backend="auto")
+    if kind == "mamba_chunked":
+        return ssm.make_layer("mamba", d_model, d_state=16, expand=2, backend="chunked")
+    if kind == "mamba2":
+        return ssm.make_layer("mamba2", d_model, **MAMBA2)
     return ssm.make_layer(kind, d_model)
 
 
@@ -429,6 +437,7 @@ def settings_for(args: argparse.Namespace, kinds: list[str]) -> dict[str, Any]:
             "d_model": D_MODEL,
             "step_batches": list(STEP_BATCHES),
             "mamba": {"d_state": 16, "expand": 2},
+            "mamba2": dict(MAMBA2),
             "seed": args.seed,
             "quick": args.quick,
             "dtype": "float32",
@@ -695,12 +704,24 @@ def main(argv: list[str] | None = None) -> int:
                 if r.get("L") == L and "ms" in r:
                     r["speedup_vs_gru_pooled"] = pooled[str(L)] / r["ms"]
     res["train_gru_pooled_ms"] = pooled
+    # the chunked scan against the per-step reference loop (both Mamba, backend "chunked" vs
+    # "torch"), per L: the ratio of medians, and of their speedups vs their interleaved GRU
+    res["chunked_vs_reference"] = {}
+    for L in S["train_lengths"]:
+        ref, chk = find(res["train"], kind="mamba_torch", L=L), find(
+            res["train"], kind="mamba_chunked", L=L
+        )
+        if ref and chk:
+            res["chunked_vs_reference"][str(L)] = {
+                "speedup": ref["ms"] / chk["ms"],
+                "speedup_via_gru": chk["speedup_vs_gru"] / ref["speedup_vs_gru"],
+            }
     save()
 
-    # 2. step latency (skip the reference Mamba: its step is the same as auto's unfused path)
+    # 2. step latency (skip the reference and chunked Mamba: their step is auto's unfused path)
     for b in S["step_batches"]:
         for k in kinds:
-            if k == "mamba_torch":
+            if k in ("mamba_torch", "mamba_chunked"):
                 continue
             attempt(
                 res["step"],

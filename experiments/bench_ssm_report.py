@@ -156,7 +156,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "| implementation | speedup vs GRU | source |",
         "|---|---:|---|",
     ]
-    for k in ("mamba", "mamba_torch"):
+    for k in ("mamba", "mamba_torch", "mamba_chunked", "mamba2"):
         r = find(res["train"], kind=k, L=1024)
         if k in kinds:
             lines.append(
@@ -167,6 +167,22 @@ def to_markdown(res: dict[str, Any]) -> str:
         v = ("~" if p.get("approx") else "") + ratio_fmt(p["speedup_vs_gru"])
         lines.append(f"| {p['name']} | {v} | reference point (not measured here) |")
     lines += ["", f"_{REFERENCE_NOTE}_", ""]
+    cvr = res.get("chunked_vs_reference") or {}
+    if cvr:
+        lines += [
+            "### The chunked torch scan vs the per-step reference loop (Mamba, same run)",
+            "",
+            "speedup = t(backend=torch) / t(backend=chunked); via GRU = the ratio of their "
+            "speedups against the GRU each was interleaved with (corrects for load drift).",
+            "",
+            "| L | speedup | via GRU |",
+            "|---:|---:|---:|",
+        ]
+        for L, v in cvr.items():
+            lines.append(
+                f"| {L} | **{ratio_fmt(v['speedup'])}** | {ratio_fmt(v['speedup_via_gru'])} |"
+            )
+        lines.append("")
 
     lines += [
         "## Step latency (inference_mode), D=64",

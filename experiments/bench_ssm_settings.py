@@ -8,15 +8,20 @@ D_MODEL = 64
 STEP_BATCHES = (1, 64)
 NOISY_CORES = 0.25  # a cell during which other processes used more CPU than this is flagged
 
-LAYER_KINDS = ("s4d", "s5", "mamba", "gru", "lstm")
-EXTRA_KINDS = ("mamba_torch",)
-SLOW_KINDS = ("mamba_torch",)  # Mamba with backend="torch" (the pure-PyTorch reference loop)
+LAYER_KINDS = ("s4d", "s5", "mamba", "mamba2", "gru", "lstm")
+# Mamba with backend="torch" (the pure-PyTorch per-step reference loop) and backend="chunked"
+# (the chunked torch scan that CUDA calls with an initial state or resets take; timed on CPU here)
+EXTRA_KINDS = ("mamba_torch", "mamba_chunked")
+SLOW_KINDS = ("mamba_torch", "mamba_chunked")  # repeats adapted to a per-cell time budget
+MAMBA2 = {"d_state": 64, "expand": 2, "headdim": 64, "chunk_size": 64}  # 2 heads at D=64
 ALL_KINDS = LAYER_KINDS + EXTRA_KINDS
 LABELS = {
     "s4d": "S4D",
     "s5": "S5",
     "mamba": "Mamba (backend=auto)",
     "mamba_torch": "Mamba (torch reference)",
+    "mamba_chunked": "Mamba (chunked torch scan)",
+    "mamba2": "Mamba-2 (chunked SSD)",
     "gru": "ssm.GRU",
     "lstm": "ssm.LSTM",
     "gru_baseline": "torch.nn.GRU (baseline)",

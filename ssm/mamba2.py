@@ -59,9 +59,8 @@ def ssd_ref(
         if resets is not None:
             h = h * (~resets[:, t]).to(x.dtype)[:, None, None, None]
         dtt = dt[:, t]  # (b H)
-        h = torch.exp(dtt * A)[..., None, None] * h + (dtt[..., None] * x[:, t])[
-            ..., None
-        ] * B[:, t, None, None, :]  # (b H P N)
+        inject = (dtt[..., None] * x[:, t])[..., None] * B[:, t, None, None, :]  # (b H P N)
+        h = torch.exp(dtt * A)[..., None, None] * h + inject
         ys.append((h * C[:, t, None, None, :]).sum(-1))  # (b H P)
     return stack_steps(ys, dim=1), h
 
@@ -147,8 +146,9 @@ def _ssd_cuda(x, dt, A, B, C, h0, resets, chunk: int) -> tuple[Tensor, Tensor]:
     from .selective_scan import FirstOrderKernel
 
     fn = _backend.mamba_ssm_chunk_scan_fn()
-    seq_idx = None if resets is None else torch.cumsum(resets.to(torch.int32), dim=1)
-    seq_idx = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
+    seq_idx = None
+    if resets is not None:  # (b L) int32, the episode index; the initial state's is 0
+        seq_idx = torch.cumsum(resets.to(torch.int64), dim=1).to(torch.int32).contiguous()
 
     def fast(x_, dt_, A_, B_, C_, h0_):
         y, last = fn(
