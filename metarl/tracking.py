@@ -35,12 +35,14 @@ class LoggingConfig:
     """wandb project name"""
     progress: bool = True
     """show a progress bar with the ETA and headline metrics"""
+    tensorboard: bool = True
+    """also write TensorBoard event files to RUN_DIR/tensorboard (``tensorboard --logdir runs``)"""
     headline: tuple[str, ...] = ("episodic_return", "entropy", "approx_kl")
     """metrics shown on the progress bar"""
 
 
 class Tracker:
-    """Logs one row per iteration to the run directory, wandb and a progress bar.
+    """Logs one row per iteration to the run directory, wandb, TensorBoard and a progress bar.
 
     Args:
         run: the run directory (its ``metrics.jsonl`` is always written).
@@ -61,6 +63,7 @@ class Tracker:
     ):
         self.run, self.config = run, config
         self._wandb = self._start_wandb(run_config, resume) if config.wandb != "disabled" else None
+        self._tb = self._start_tensorboard(resume) if config.tensorboard else None
         self._bar = None
         if config.progress:
             from tqdm.auto import tqdm
@@ -96,6 +99,18 @@ class Tracker:
             settings=wandb.Settings(silent=True),
         )
 
+    def _start_tensorboard(self, resume: bool):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed (pip install tensorboard); no event files")
+            return None
+        purge = None
+        if resume:  # events after the checkpoint the run resumed from are dropped, like the rows
+            rows = self.run.read_metrics()
+            purge = int(rows[-1]["step"]) + 1 if rows else 0
+        return SummaryWriter(str(self.run.path / "tensorboard"), purge_step=purge)
+
     def log(self, step: int, row: Mapping[str, Any] | Any, advance: bool = True) -> None:
         """Record one row (a dict or a dataclass) at ``step`` (environment steps); ``advance``:
         it is an iteration's row (the progress bar moves), not an extra one such as an
@@ -107,6 +122,10 @@ class Tracker:
         if self._wandb is not None:
             numbers = {k: v for k, v in scalars.items() if isinstance(v, int | float)}
             self._wandb.log(numbers, step=int(step))
+        if self._tb is not None:
+            for key, value in scalars.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, global_step=int(step))
         if self._bar is not None and advance:
             self._bar.update(1)
             self._bar.set_postfix(_headline(scalars, self.config.headline), refresh=False)
@@ -125,6 +144,9 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.finish(exit_code=exit_code)
             self._wandb = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
 
 def _headline(scalars: Mapping[str, Any], keys: Sequence[str]) -> dict[str, str]:
