@@ -206,7 +206,8 @@ def test_lti_layers_require_even_d_state(kind_, d_state):
 
 
 def test_mamba_rejects_unknown_backend():
-    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'torch', 'cuda'\)"):
+    expected = r"backend must be one of \('auto', 'torch', 'cuda', 'chunked'\)"
+    with pytest.raises(ValueError, match=expected):
         ssm.make_layer("mamba", 8, backend="triton")
 
 
