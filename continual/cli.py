@@ -139,7 +139,7 @@ def _run_seeds(config, overrides: list[str], args: argparse.Namespace) -> int:
     from ssm.util import write_atomic
 
     from .config import SequenceConfig
-    from .report import aggregate_seeds, aggregate_table
+    from .report import aggregate_seeds, aggregate_table, plot_seed_curves
     from .sequence import SequenceDiverged, prepare_curriculum, run_sequence
 
     seeds = args.seeds
@@ -183,8 +183,9 @@ def _run_seeds(config, overrides: list[str], args: argparse.Namespace) -> int:
     write_atomic(out / "aggregate.json", (json.dumps(agg, indent=1) + "\n").encode())
     table = aggregate_table(agg)
     write_atomic(out / "aggregate.md", table.encode())
+    plot_seed_curves(results, out / "curves.png", f"{name}: per-stage score over seeds {seeds}")
     print(table, end="")
-    print(f"wrote {out}/aggregate.json and aggregate.md")
+    print(f"wrote {out}/aggregate.json, aggregate.md and curves.png")
     return 0
 
 

@@ -239,6 +239,53 @@ def plot_performance_matrix(
     return _save(fig, path)
 
 
+# Okabe & Ito's colour-blind-safe palette (8 colours); longer sequences fall back to tab20
+OKABE_ITO = (
+    "#E69F00",
+    "#56B4E9",
+    "#009E73",
+    "#F0E442",
+    "#0072B2",
+    "#D55E00",
+    "#CC79A7",
+    "#000000",
+)
+
+
+def task_colors(n: int) -> list:
+    """``n`` distinguishable colours: Okabe-Ito up to 8 tasks, tab20 beyond."""
+    import matplotlib
+
+    if n <= len(OKABE_ITO):
+        return list(OKABE_ITO[:n])
+    cmap = matplotlib.colormaps["tab20"]
+    return [cmap(j % 20) for j in range(n)]
+
+
+def _shade_stages(ax, boundaries, x_end: float, names: Sequence[str], colors: Sequence) -> None:
+    """Stage ``s`` spans ``[start_s, start_{s+1})`` (``boundaries`` are the starts of stages
+    1..N-1): shaded in the colour of the task it trains, a line where it begins, its name on top."""
+    starts = [0.0, *[float(b) for b in boundaries]]
+    ends = [*starts[1:], float(x_end)]
+    for s, (a, b) in enumerate(zip(starts, ends)):
+        if s >= len(names) or b <= a:
+            continue
+        ax.axvspan(a, b, color=colors[s], alpha=0.10, lw=0)
+        if s:
+            ax.axvline(a, color="0.35", lw=0.9, ls="--")
+        ax.text(
+            (a + b) / 2,
+            1.01,
+            f"training: {names[s]}" if len(names) <= 6 else names[s],
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="0.25",
+            clip_on=False,
+        )
+
+
 def plot_task_curves(
     steps,
     curves,
@@ -246,31 +293,83 @@ def plot_task_curves(
     boundaries: Sequence[int] | None = None,
     task_names: Sequence[str] | None = None,
     title: str = "",
+    lower=None,
+    upper=None,
 ) -> Path:
     """Each task's performance along the whole sequence (``curves (N tasks, E points)`` at
-    ``steps (E,)``), the average dashed, stage boundaries as vertical lines; PNG at ``path``."""
-    import matplotlib
+    ``steps (E,)``), the average dashed. Each stage is shaded in the colour of the task it trains,
+    with a dashed line where it begins (``boundaries``: the start steps of stages 1..N-1). With
+    ``lower``/``upper`` (same shape as ``curves``) each curve gets a band, e.g. a 95% CI over
+    seeds. PNG at ``path``."""
     from matplotlib.figure import Figure
 
     x = np.asarray(steps, dtype=np.float64).reshape(-1)
     arr = np.asarray(curves, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != x.size or x.size == 0:
         raise ValueError(f"curves must be (N tasks, E={x.size} points), got {arr.shape}")
+    bands = None
+    if lower is not None or upper is not None:
+        bands = (np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64))
+        if bands[0].shape != arr.shape or bands[1].shape != arr.shape:
+            raise ValueError(f"lower and upper must have the curves' shape {arr.shape}")
     names = _names(task_names, arr.shape[0])
-    fig = Figure(figsize=(9, 4))
+    colors = task_colors(arr.shape[0])
+    fig = Figure(figsize=(9.5, 4.2))
     ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["tab20"]
+    _shade_stages(ax, boundaries or (), x[-1], names, colors)
     for j, (row, name) in enumerate(zip(arr, names)):
-        ax.plot(x, row, color=cmap(j % 20), lw=1.2, label=name)
-    ax.plot(x, arr.mean(axis=0), color="k", lw=2, ls="--", label="average")
-    for b in boundaries or ():
-        ax.axvline(b, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("step")
-    ax.set_ylabel("performance")
-    ax.set_title(title or "per-task performance across the sequence")
+        ax.plot(x, row, color=colors[j], lw=1.4, label=name)
+        if bands is not None:
+            ax.fill_between(x, bands[0][j], bands[1][j], color=colors[j], alpha=0.18, lw=0)
+    ax.plot(x, arr.mean(axis=0), color="0.2", lw=2, ls="--", label="average")
+    ax.set_xlabel("env step")
+    ax.set_ylabel("performance" + (" (mean, 95% CI band)" if bands is not None else ""))
+    ax.set_title(title or "per-task performance across the sequence", pad=16)
+    ax.set_xlim(x[0] if x[0] < 0 else 0, x[-1])
     ax.legend(
         fontsize=7, ncol=2 if arr.shape[0] > 10 else 1, loc="center left", bbox_to_anchor=(1.0, 0.5)
     )
+    return _save(fig, path)
+
+
+def plot_training_curve(
+    steps,
+    values,
+    path: str | Path,
+    boundaries: Sequence[int] | None = None,
+    stage_names: Sequence[str] | None = None,
+    ylabel: str = "training return",
+    title: str = "",
+    window: int = 5,
+) -> Path:
+    """The training return per iteration (dots) and its moving average over ``window``
+    iterations (line) against env steps, with the stages shaded as in :func:`plot_task_curves`.
+    PNG at ``path``."""
+    from matplotlib.figure import Figure
+
+    x = np.asarray(steps, dtype=np.float64).reshape(-1)
+    y = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.size != y.size or x.size == 0:
+        raise ValueError(
+            f"steps and values must be equally long and non-empty, got {x.size}, {y.size}"
+        )
+    names = list(stage_names or [])
+    colors = task_colors(max(len(names), 1))
+    fig = Figure(figsize=(9.5, 3.6))
+    ax = fig.add_subplot()
+    _shade_stages(ax, boundaries or (), x[-1], names, colors)
+    ax.plot(x, y, ".", color="0.55", ms=3, label="iteration")
+    finite = np.isfinite(y)
+    if finite.sum() >= 2:
+        k = max(1, min(window, int(finite.sum())))
+        yf = y[finite]
+        smooth = np.convolve(yf, np.ones(k) / k, mode="valid")
+        ax.plot(x[finite][k - 1 :], smooth, color="#0072B2", lw=1.8, label=f"mean of {k}")
+    ax.set_xlabel("env step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "training return", pad=16)
+    ax.set_xlim(0, x[-1])
+    ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
 
 

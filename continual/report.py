@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from metarl.run_dir import RunDir
 from ssm.util import mean_ci, write_atomic
@@ -47,6 +50,59 @@ def write_outputs(run: RunDir, results: dict[str, Any], name: str) -> None:
         boundaries=results["boundaries"],
         task_names=names,
         title=f"{name}: per-stage score",
+    )
+    plot_training(run, results, name)
+
+
+TRAINING_KEYS = ("episodic_return", "pre_return")
+"""The training return of an iteration row: PPO and RL² log ``episodic_return``, the MAML family
+``pre_return`` (the return of θ on the support episodes)."""
+
+
+def plot_training(run: RunDir, results: dict[str, Any], name: str) -> Path | None:
+    """``plots/training.png``: the training return of every iteration along the sequence, with
+    the stages shaded (None if the rows hold no training return)."""
+    rows = [r for r in run.read_metrics() if r.get("kind") != "eval"]
+    key = next((k for k in TRAINING_KEYS if any(k in r for r in rows)), None)
+    if key is None:
+        return None
+    points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    if not points:
+        return None
+    steps, values = zip(*points)
+    return cw.plot_training_curve(
+        steps,
+        values,
+        run.plot_dir / "training.png",
+        boundaries=results["boundaries"],
+        stage_names=results["stages"],
+        ylabel=key.replace("_", " "),
+        title=f"{name}: training return",
+    )
+
+
+def plot_seed_curves(results: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """The per-stage score curves of several seeds' runs of one config: mean over seeds with a
+    95% CI band (Student-t), stages shaded; None when the seeds' evaluation steps differ."""
+    steps = [r["eval_steps"] for r in results]
+    if any(s != steps[0] for s in steps[1:]):
+        return None
+    curves = np.asarray([r["curves"] for r in results], dtype=np.float64)  # (seeds, N, E)
+    stats = [
+        [mean_ci(curves[:, j, e]) for e in range(curves.shape[2])] for j in range(curves.shape[1])
+    ]
+    mean = np.array([[c["mean"] for c in row] for row in stats])
+    half = np.array([[c["ci95"] for c in row] for row in stats])
+    half = np.nan_to_num(half)  # one seed: no band
+    return cw.plot_task_curves(
+        steps[0],
+        mean,
+        path,
+        boundaries=results[0]["boundaries"],
+        task_names=results[0]["stages"],
+        title=title,
+        lower=mean - half,
+        upper=mean + half,
     )
 
 
