@@ -31,9 +31,13 @@ the CPU test suite (no GPU where it was developed).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import platform
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -172,14 +176,20 @@ def cpu_ext() -> Any:
                 + platform.machine().encode()
                 + _cpu_model().encode()
                 + " ".join(flags).encode()
+                # the environment: torch's JIT build arguments name its include folders, so two
+                # environments sharing one build folder would rebuild over each other
+                + sys.prefix.encode()
+                + str(Path(torch.__file__).resolve().parent).encode()
             ).hexdigest()[:12]
-            _cpu_ext = cpp_extension.load(
-                name=f"ssm_cpu_{key}",
-                sources=[str(CSRC)],
-                extra_cflags=flags,
-                extra_ldflags=["-fopenmp"],
-                verbose=False,
-            )
+            spec = {
+                "name": f"ssm_cpu_{key}",
+                "sources": [str(CSRC)],
+                "extra_cflags": flags,
+                "extra_ldflags": ["-fopenmp"],
+                "verbose": False,
+            }
+            _build_in_child(spec)
+            _cpu_ext = cpp_extension.load(**spec)  # built: ninja finds nothing to do
             _cpu_ext_state = "loaded"
             log_once("cpu-kernels", "ssm: fused CPU kernels loaded")
         except Exception as e:  # no compiler, no ninja, ...
@@ -191,6 +201,42 @@ def cpu_ext() -> Any:
                 logging.WARNING,
             )
     return _cpu_ext
+
+
+def _build_in_child(spec: dict[str, Any]) -> None:
+    """Build the extension in a child process of its own process group, so that an interrupt
+    (Ctrl-C, SIGTERM) of this process stops the whole build (ninja and the compilers) instead of
+    leaving an orphaned compiler, and a killed build leaves no stale lock that would make the next
+    build wait forever. Raises ``RuntimeError`` with the compiler's last lines if the build fails.
+    """
+    from torch.utils import cpp_extension
+
+    build_dir = Path(cpp_extension._get_build_directory(spec["name"], verbose=False))
+    if (build_dir / f"{spec['name']}.so").is_file():
+        return  # built before (the name hashes source, flags, torch and environment)
+    code = (
+        "import json, sys\nfrom torch.utils import cpp_extension\n"
+        "cpp_extension.load(**json.loads(sys.argv[1]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(spec)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate()
+    except BaseException:  # KeyboardInterrupt, a SIGTERM handler's exception, ...
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        (build_dir / "lock").unlink(missing_ok=True)
+        raise
+    if proc.returncode:
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"building {spec['name']} failed: {' / '.join(tail)}")
 
 
 def _cpu_model() -> str:
