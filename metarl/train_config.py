@@ -29,7 +29,7 @@ class PolicyConfig:
     """The sequence policy (see ``ssm.SequencePolicy``)."""
 
     kind: str = "mamba"
-    """sequence layer: mamba, s4d, s5, gru or lstm"""
+    """sequence layer: mamba, mamba2, s4d, s5, gru or lstm"""
     d_model: int = 64
     """width of the residual stream"""
     n_layers: int = 2

@@ -13,6 +13,7 @@ from .diagonal_scan import diagonal_linear_scan
 from .heads import ActionHead, CategoricalHead, GaussianHead, MultiDiscreteHead
 from .lti import S4D, S5
 from .mamba import Mamba
+from .mamba2 import Mamba2
 from .norm import LayerNorm
 from .policy import PolicyOutput, SequencePolicy
 from .registry import KINDS, make_layer
@@ -37,6 +38,7 @@ __all__ = [
     "S4D",
     "S5",
     "Mamba",
+    "Mamba2",
     "SequenceLayer",
     "State",
     "diagonal_linear_scan",

@@ -113,7 +113,7 @@ class SequencePolicy(nn.Module):
     Args:
         observation_space: ``Box`` (vector, or uint8 ``(H, W, C)`` image) or ``Discrete``.
         action_space: ``Discrete``, ``MultiDiscrete`` or ``Box``.
-        kind: sequence layer kind (``"mamba"``, ``"s4d"``, ``"s5"``, ``"gru"``, ``"lstm"``).
+        kind: sequence layer kind (``"mamba"``, ``"mamba2"``, ``"s4d"``, ``"s5"``, ``"gru"``, ``"lstm"``).
         d_model: width of the residual stream.
         n_layers: number of sequence layers.
         in_context: feed the previous action, reward and done (RL²-style meta-RL).
