@@ -96,9 +96,13 @@ class ProgressiveColumns(Plugin):
         self.policy.set_active(self.column)
 
     def _freeze(self, column: int) -> None:
+        """Record the column's values; detach it from autograd unless it is the last one (a
+        meta-learner's adapted evaluation after the last stage adapts its trainable parameters:
+        the last column's, which mask_gradients and after_step still keep fixed)."""
+        last = column == self.policy.num_columns - 1
         for n, p in self.policy.named_parameters():
             if self.policy.column_of(n) == column:
-                p.requires_grad_(False)
+                p.requires_grad_(last)
                 self.reference[n] = p.detach().clone()
 
     # -- evaluation -----------------------------------------------------------------------------

@@ -304,3 +304,29 @@ def test_more_stages_than_columns_is_refused():
     plugin.end_stage(end)
     with pytest.raises(ValueError, match="one column per stage"):
         plugin.end_stage(StageEnd(stage=1, params=end.params, policy=net))
+
+
+def test_after_the_last_stage_every_gradient_is_masked_and_every_column_kept():
+    net = make_net(columns=2)
+    plugin = ProgressiveColumns(net)
+    for stage in range(2):
+        plugin.end_stage(StageEnd(stage=stage, params=dict(net.named_parameters()), policy=net))
+    assert net.active_column == 1 and plugin.frozen == 2
+    masked = plugin.mask_gradients({n: torch.ones_like(p) for n, p in net.named_parameters()})
+    assert not any(g.any() for g in masked.values())
+    # the last column stays trainable for autograd (an adapted evaluation adapts it) but fixed
+    assert all(p.requires_grad == (net.column_of(n) == 1) for n, p in net.named_parameters())
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    plugin.after_step(dict(net.named_parameters()))
+    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
+
+
+def test_a_maml_sequence_trains_and_adapts_with_progressive_columns():
+    meta = ["learner=maml", "stage_steps=320", "meta.meta_batch_size=2"]
+    meta += ["meta.episodes_per_task=2", "meta.inner_steps=1", "meta.outer_lr=0.01"]
+    result = run_sequence(tiny_config(*meta), write=False)
+    R, R_adapt = np.array(result.results["R"]), np.array(result.results["R_adapt"])
+    assert R[1, 0] == R[0, 0] and R_adapt.shape == (2, 2) and np.all(np.isfinite(R_adapt))
