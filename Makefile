@@ -13,7 +13,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,metaworld,mujoco,wandb,marl,ray]"
+	$(PY) -m pip install -q -e ".[dev,docs,metaworld,mujoco,wandb,marl,ray]"
+	# Procgen: procgen-mirror pins numpy<2 but runs under numpy 2 when installed without its
+	# pins, with the few packages it needs at run time
+	$(PY) -m pip install -q --no-deps procgen-mirror==0.10.7 gym3==0.3.3 gym==0.26.2
+	$(PY) -m pip install -q cffi pycparser cloudpickle
 	touch $@
 
 run: setup
