@@ -23,7 +23,7 @@ from curricula import load_curriculum
 from metarl import Rollout, StageEnd, gae, policy_evaluate, ppo_loss
 from ssm import SequencePolicy
 
-NUM_ENVS, NUM_STEPS, EPOCHS = 8, 80, 4
+NUM_ENVS, NUM_STEPS, EPOCHS, FISHER_BATCHES = 8, 80, 4, 2
 
 
 # --8<-- [start:score]
@@ -50,7 +50,8 @@ def train(strength: float, iterations: int, seed: int) -> dict[str, float]:
         encoder_hidden=32, box_head="tanh",
     )  # fmt: skip
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    ewc = EWC(strength=strength, fisher_batches=2)  # strength 0: plain fine-tuning
+    # EWC as a plugin; without it (strength 0) the loop is plain fine-tuning
+    ewc = EWC(strength, fisher_batches=FISHER_BATCHES) if strength > 0 else None
     generator = torch.Generator().manual_seed(seed)
     # --8<-- [end:setup]
     for stage, name in enumerate(["north_east", "south_west"]):
@@ -72,16 +73,18 @@ def train(strength: float, iterations: int, seed: int) -> dict[str, float]:
                 loss, _ = ppo_loss(
                     new.log_probs, traj.log_probs, adv, new.values, traj.values, ret, new.entropy
                 )
-                stats: dict[str, float] = {}
-                loss = loss + ewc.loss(params, stats)  # + λ Σ F̃ (θ − θ*)², 0 before stage 1 ends
+                if ewc is not None:  # + λ Σ F̃ (θ − θ*)² (0 until the first stage has ended)
+                    stats: dict[str, float] = {}  # the plugin logs its penalty here
+                    loss = loss + ewc.loss(params, stats)
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
                 optimizer.step()
-            recent = [*recent, traj][-ewc.fisher_batches :]
+            recent = [*recent, traj][-FISHER_BATCHES:]
         envs.close()
-        # the stage ends: EWC estimates the Fisher at θ*_k from the stage's last batches
-        ewc.end_stage(StageEnd(stage, params, policy, data=recent, generator=generator))
+        if ewc is not None and stage == 0:  # (after the last stage there is nothing to protect)
+            # the stage ends: EWC estimates the Fisher at θ*_k from the stage's last batches
+            ewc.end_stage(StageEnd(stage, params, policy, data=recent, generator=generator))
         # --8<-- [end:loop]
         if stage == 0:
             after_first = score(built, "north_east", policy)
