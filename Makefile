@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup run bench test lint
+.PHONY: setup run bench test lint docs
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -32,3 +32,6 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(PY) .ci/import_contracts.py
+
+docs: setup
+	$(VENV)/bin/mkdocs build --strict

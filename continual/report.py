@@ -127,6 +127,8 @@ def metrics_table(results: dict[str, Any]) -> str:
         lines.append(f"| average adapted performance | {fmt(s['average_adapted_performance'])} |")
         lines.append(f"| adapted forgetting | {fmt(s['adapted_forgetting'])} |")
         lines.append(f"| adaptation gain (last row) | {fmt(s['adaptation_gain'])} |")
+        ft = s.get("adapted_forward_transfer")
+        lines.append(f"| forward transfer of adaptation | {fmt(ft)} |")
         lines.append(f"| adaptation from scratch | {fmt(s.get('scratch_adapted_performance'))} |")
     d = s.get("detection")
     if d:
@@ -167,6 +169,7 @@ AGGREGATE_KEYS = (
     "average_adapted_performance",
     "adapted_forgetting",
     "adaptation_gain",
+    "adapted_forward_transfer",
     "post_switch_acting_return",
     "scratch_adapted_performance",
 )

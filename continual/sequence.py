@@ -142,6 +142,23 @@ def stage_end_matrix(points: list[dict], stage_iterations: list[int], key: str) 
     return cw.check_performance_matrix([ends[s] for s in range(len(stage_iterations))])
 
 
+def adapted_forward_transfer(R_adapt: np.ndarray, scratch: np.ndarray) -> tuple[float, list]:
+    """Forward transfer of adaptation (GEM's forward transfer, Lopez-Paz & Ranzato 2017, on
+    adapted scores): ``FT_j = R_adapt[j−1, j] − b_j`` for ``j = 1..N−1``, where ``b_j`` is stage
+    j's adapted score from the untrained initialisation (``scratch``). Positive: meta-training on
+    the earlier stages made a stage not yet seen quicker to adapt to. Returns ``(mean, FT_j)``
+    (NaN and ``[]`` for a single stage)."""
+    R = np.asarray(R_adapt, dtype=float)
+    b = np.asarray(scratch, dtype=float).reshape(-1)
+    n = R.shape[0]
+    if R.shape != (n, n) or b.shape != (n,):
+        raise ValueError(
+            f"need a square R_adapt and one scratch score per stage, got {R.shape} and {b.shape}"
+        )
+    ft = [float(R[j - 1, j] - b[j]) for j in range(1, n)]
+    return (float(np.mean(ft)) if ft else math.nan), ft
+
+
 # --- entry points -----------------------------------------------------------------------------
 
 
@@ -537,13 +554,17 @@ class SequenceRun:
         F, F_i = cw.forgetting(R_adapt)
         # the first evaluation adapts the untrained initialisation: adaptation from scratch
         first = next((p for p in self.h["points"] if "adapted_scores" in p), None)
+        scratch = None if first is None else np.asarray(first["adapted_scores"], dtype=float)
+        FT, FT_j = (math.nan, []) if scratch is None else adapted_forward_transfer(R_adapt, scratch)
         return {
             "average_adapted_performance": cw.average_performance(R_adapt),
             "adapted_forgetting": F,
             "adapted_forgetting_per_stage": F_i.tolist(),
             "adaptation_gain": float(np.mean(R_adapt[-1] - R_pre[-1])),
+            "adapted_forward_transfer": FT,
+            "adapted_forward_transfer_per_stage": list(FT_j),
             "scratch_adapted_performance": (
-                float(np.mean(first["adapted_scores"])) if first is not None else math.nan
+                float(np.mean(scratch)) if scratch is not None else math.nan
             ),
         }
 
