@@ -135,7 +135,7 @@ def test_random_rollout_through_make_env(family):
 def test_vector_env_runs_task_i_in_envs_i_times_k_and_reports_final_obs(family):
     tasks = family.sample(2, "train", seed=0)
     venv = family.make_vector_env(tasks, envs_per_task=2, seed=0)
-    assert [e.unwrapped.task for e in venv.envs] == [tasks[0], tasks[0], tasks[1], tasks[1]]
+    assert list(venv.get_attr("task")) == [tasks[0], tasks[0], tasks[1], tasks[1]]
     obs, _ = venv.reset()
     assert obs.shape == (4, *family.observation_space.shape)
     ended = False

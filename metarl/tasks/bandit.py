@@ -18,9 +18,11 @@ import gymnasium as gym
 import numpy as np
 
 from metarl.tasks.base import Task, checkerboard_split
+from metarl.tasks.batched import BatchedTaskEnv
 from metarl.tasks.parametric import ParametricTaskFamily
 
 _SPLIT_CELLS = 20
+_DRAWS_AHEAD = 128
 
 
 class BernoulliBanditEnv(gym.Env):
@@ -43,6 +45,64 @@ class BernoulliBanditEnv(gym.Env):
         reward = float(self.np_random.random() < self.probs[a])
         info = {"regret": float(self.probs.max() - self.probs[a]), "arm_prob": float(self.probs[a])}
         return np.zeros(1, np.float32), reward, False, False, info
+
+
+class BatchedBanditEnv(BatchedTaskEnv):
+    """:class:`BernoulliBanditEnv` for every sub-env at once: arm probabilities ``(B, k)``.
+
+    Sub-env ``i``'s rewards are ``u < p_{i,a}`` with ``u`` the next ``random()`` of its own
+    generator, as in :class:`BernoulliBanditEnv`. The uniforms are drawn ``_DRAWS_AHEAD`` at a time
+    per sub-env (``rng.random(n)`` gives the same numbers as ``n`` calls of ``rng.random()``), so
+    the rewards are identical while a generator's state runs ahead of the draws consumed.
+    """
+
+    def __init__(self, tasks: list[Task], seeds: list[int | None], max_episode_steps: int):
+        self.probs = np.array([t.param("probs") for t in tasks], dtype=np.float64)  # (B, k)
+        B, k = self.probs.shape
+        super().__init__(
+            tasks,
+            seeds,
+            max_episode_steps,
+            gym.spaces.Box(0.0, 1.0, (1,), np.float32),
+            gym.spaces.Discrete(k),
+        )
+        self._best = self.probs.max(axis=1)  # (B,)
+        self._uniforms = np.empty((B, _DRAWS_AHEAD))
+        self._next_uniform = np.full(B, _DRAWS_AHEAD)  # == _DRAWS_AHEAD: draw a fresh block
+
+    def _reseeded(self, rows: np.ndarray) -> None:
+        self._next_uniform[rows] = _DRAWS_AHEAD  # drawn ahead from the old generator: drop
+
+    def _reset_rows(self, rows: np.ndarray, options: dict[str, Any] | None) -> None:
+        pass  # a bandit has no state
+
+    def _draw_uniforms(self) -> np.ndarray:
+        """The next ``random()`` of every sub-env's generator, ``(B,)``."""
+        for i in np.flatnonzero(self._next_uniform >= _DRAWS_AHEAD):
+            self._uniforms[i] = self._rng(int(i)).random(_DRAWS_AHEAD)
+            self._next_uniform[i] = 0
+        u = self._uniforms[self._rows, self._next_uniform]
+        self._next_uniform += 1
+        return u
+
+    def _advance(self, actions: Any):
+        B, k = self.probs.shape
+        raw = np.asarray(actions)
+        if raw.size != B:
+            raise ValueError(f"expected {B} actions (one arm per sub-env), got shape {raw.shape}")
+        a = raw.reshape(B).astype(np.int64)
+        if ((a < 0) | (a >= k)).any():
+            raise ValueError(f"action must be an arm in [0, {k}), got {raw.reshape(B).tolist()}")
+        p = self.probs[self._rows, a]
+        reward = (self._draw_uniforms() < p).astype(np.float64)
+        info = {"regret": self._best - p, "arm_prob": p}
+        return reward, np.zeros(B, bool), info
+
+    def _observe(self) -> np.ndarray:
+        return np.zeros((self.num_envs, 1), np.float32)
+
+    def _sub_env_attrs(self) -> dict[str, Any]:
+        return {"probs": list(self.probs.copy())}
 
 
 class BanditFamily(ParametricTaskFamily):
@@ -82,6 +142,9 @@ class BanditFamily(ParametricTaskFamily):
 
     def _make_task_env(self, task: Task) -> gym.Env:
         return BernoulliBanditEnv(task)
+
+    def _make_batched_env(self, tasks: list[Task], seeds: list[int | None]) -> BatchedBanditEnv:
+        return BatchedBanditEnv(tasks, seeds, self.max_episode_steps)
 
 
 # --- classic bandit algorithms, the reference points for in-context learners ----------------------

@@ -160,18 +160,32 @@ class TaskFamily(abc.ABC):
         env = SeededReset(self._make_task_env(task), seed)
         return gym.wrappers.TimeLimit(env, max_episode_steps=self.max_episode_steps)
 
+    def _make_batched_env(
+        self, tasks: list[Task], seeds: list[int | None]
+    ) -> gym.vector.VectorEnv | None:
+        """A natively batched vector env (:mod:`metarl.tasks.batched`) whose sub-env ``j`` runs
+        ``tasks[j]`` seeded ``seeds[j]``, equal to the ``SyncVectorEnv`` of :meth:`make_env`; or
+        ``None`` where the family has none."""
+        return None
+
     def make_vector_env(
         self,
         tasks: list[Task],
         envs_per_task: int = 1,
         asynchronous: bool = False,
         seed: int | None = None,
+        batched: bool | None = None,
     ) -> gym.vector.VectorEnv:
         """Sub-env ``i * envs_per_task + k`` runs ``tasks[i]`` (seeded ``seed + that index``).
 
         Autoreset is ``SAME_STEP``: when a sub-env's episode ends, the returned observation is
         already the next episode's first, and the last one is in ``info["final_obs"]`` (masked by
         ``info["_final_obs"]``), so truncated episodes can be bootstrapped.
+
+        ``batched``: one numpy step for all sub-envs (the family's batched env; the default where
+        it has one and ``asynchronous`` is off), or gymnasium's ``SyncVectorEnv`` /
+        ``AsyncVectorEnv`` over one env per sub-env (``False``). Both give the same observations,
+        rewards, ends, infos and random draws.
         """
         if not tasks:
             raise ValueError("make_vector_env needs at least one task")
@@ -179,13 +193,19 @@ class TaskFamily(abc.ABC):
             raise ValueError(f"envs_per_task must be >= 1, got {envs_per_task}")
         for task in tasks:
             self.check_task(task)
-        fns: list[Callable[[], gym.Env]] = []
-        for i, task in enumerate(tasks):
-            for k in range(envs_per_task):
-                j = i * envs_per_task + k
-                fns.append(
-                    functools.partial(self.make_env, task, None if seed is None else seed + j)
-                )
+        sub_tasks = [task for task in tasks for _ in range(envs_per_task)]
+        seeds = [None if seed is None else seed + j for j in range(len(sub_tasks))]
+        if batched is None or batched:
+            if batched and asynchronous:
+                raise ValueError("batched=True steps in this process; pass asynchronous=False")
+            env = None if asynchronous else self._make_batched_env(sub_tasks, seeds)
+            if env is not None:
+                return env
+            if batched:
+                raise ValueError(f"family {self.name!r} has no batched env; pass batched=False")
+        fns: list[Callable[[], gym.Env]] = [
+            functools.partial(self.make_env, task, s) for task, s in zip(sub_tasks, seeds)
+        ]
         mode = gym.vector.AutoresetMode.SAME_STEP
         if asynchronous:
             return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)

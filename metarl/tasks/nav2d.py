@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 from metarl.tasks.base import Task, checkerboard_split
+from metarl.tasks.batched import BatchedTaskEnv
 from metarl.tasks.parametric import ParametricTaskFamily
 
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5
@@ -47,6 +48,39 @@ class PointNavEnv(gym.Env):
         dist = float(np.linalg.norm(self.pos - self.goal))
         info = {"distance": dist, "success": dist < SUCCESS_RADIUS}
         return self.pos.astype(np.float32), -dist, False, False, info
+
+
+class BatchedPointNavEnv(BatchedTaskEnv):
+    """:class:`PointNavEnv` for every sub-env at once: positions ``(B, 2)``, goals ``(B, 2)``."""
+
+    def __init__(self, tasks: list[Task], seeds: list[int | None], max_episode_steps: int):
+        super().__init__(
+            tasks,
+            seeds,
+            max_episode_steps,
+            PointNavEnv.observation_space,
+            PointNavEnv.action_space,
+        )
+        self.goal = np.array([t.param("goal") for t in tasks], dtype=np.float64)  # (B, 2)
+        self.pos = np.zeros((self.num_envs, 2))
+
+    def _reset_rows(self, rows: np.ndarray, options: dict[str, Any] | None) -> None:
+        self.pos[rows] = 0.0
+
+    def _advance(self, actions: Any):
+        a = np.asarray(actions, dtype=np.float64)
+        if a.size != 2 * self.num_envs:
+            raise ValueError(f"expected actions of shape ({self.num_envs}, 2), got {a.shape}")
+        self.pos = self.pos + np.clip(a.reshape(self.num_envs, 2), -MAX_STEP, MAX_STEP)
+        dist = np.linalg.norm(self.pos - self.goal, axis=1)  # (B,), as the per-row norm
+        info = {"distance": dist, "success": dist < SUCCESS_RADIUS}
+        return -dist, np.zeros(self.num_envs, bool), info
+
+    def _observe(self) -> np.ndarray:
+        return self.pos.astype(np.float32)
+
+    def _sub_env_attrs(self) -> dict[str, Any]:
+        return {"goal": list(self.goal.copy()), "pos": list(self.pos.copy())}
 
 
 class Nav2DFamily(ParametricTaskFamily):
@@ -94,3 +128,6 @@ class Nav2DFamily(ParametricTaskFamily):
 
     def _make_task_env(self, task: Task) -> gym.Env:
         return PointNavEnv(task)
+
+    def _make_batched_env(self, tasks: list[Task], seeds: list[int | None]) -> BatchedPointNavEnv:
+        return BatchedPointNavEnv(tasks, seeds, self.max_episode_steps)
