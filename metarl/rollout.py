@@ -152,14 +152,16 @@ class Rollout:
         B = self.num_envs
         self._obs, _ = self.envs.reset(seed=seed, options=options)
         self._state: PolicyState = self.policy.initial_state(B, self.device, self.dtype)
-        self._reset_next = torch.ones(B, dtype=torch.bool, device=self.device)
         self._prev_action = torch.zeros(
             (B, *self._action_shape), dtype=self._action_dtype, device=self.device
         )
-        self._prev_reward = torch.zeros(B, dtype=self.dtype, device=self.device)
-        self._prev_done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        self._episodes_in_trial = torch.zeros(B, dtype=torch.int64, device=self.device)
-        self._returns = torch.zeros(B, dtype=torch.float64, device=self.device)
+        # per-sub-env bookkeeping lives on the host as numpy (a few µs per step instead of a few
+        # dozen small tensor ops); the tensors the policy reads are made from it once per step
+        self._reset_next = np.ones(B, dtype=bool)
+        self._prev_reward = np.zeros(B)  # the env's reward, cast to the policy dtype when read
+        self._prev_done = np.zeros(B, dtype=bool)
+        self._episodes_in_trial = np.zeros(B, dtype=np.int64)
+        self._returns = np.zeros(B)
 
     # -- conversions ----------------------------------------------------------------------------
     def _obs_tensor(self, obs: np.ndarray) -> Tensor:
@@ -184,6 +186,18 @@ class Rollout:
         if not self.in_context:
             return {}
         return {"prev_action": action, "prev_reward": reward, "prev_done": done}
+
+    def _step_context(self) -> dict[str, Tensor]:
+        """The in-context inputs of the next step (none without ``in_context``)."""
+        if not self.in_context:
+            return {}
+        prev_reward = self._tensor(self._prev_reward, self.dtype)
+        return self._context(self._prev_action, prev_reward, self._tensor(self._prev_done))
+
+    def _tensor(self, a: np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
+        """A host array as a tensor on the device (``dtype``: cast, as ``Tensor.to``)."""
+        t = torch.from_numpy(a).to(self.device)
+        return t if dtype is None else t.to(dtype)
 
     def _success(self, info: dict, done: np.ndarray) -> np.ndarray:
         """``info["success"]`` per sub-env, 0 where unknown. At an episode end the step's info is
@@ -240,72 +254,95 @@ class Rollout:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if self._obs is None:
             self.new_trial(seed=self.seed)
-        policy, dev = self.policy, self.device
-        initial_state, start_returns = self._state, self._returns.clone()
-        rec: dict[str, list[Tensor]] = defaultdict(list)
+        policy, dev, B = self.policy, self.device, self.num_envs
+        initial_state = self._state
+        start_returns = self._tensor(self._returns.copy())
+        rec: dict[str, list] = defaultdict(list)  # per step: tensors (policy side), numpy (host)
         for _ in range(num_steps):
             obs, reset = self._obs_tensor(self._obs), self._reset_next
-            ctx = self._context(self._prev_action, self._prev_reward, self._prev_done)
-            out, state = policy.step(obs, self._state, reset=reset, **ctx)
+            ctx = self._step_context()
+            # reset=None where no row resets: the same as an all-False mask (zeroing nothing)
+            reset_t = self._tensor(reset) if reset.any() else None
+            out, state = policy.step(obs, self._state, reset=reset_t, **ctx)
             action = policy.mode(out) if deterministic else self._sample(out)
             log_prob = policy.log_prob(out, action)
 
             next_obs, reward_np, term_np, trunc_np, info = self.envs.step(self._env_action(action))
-            term_np, trunc_np = np.asarray(term_np, bool), np.asarray(trunc_np, bool)
+            # copies: the arrays are kept until the end of the call, and an env may reuse them
+            term_np, trunc_np = np.array(term_np, dtype=bool), np.array(trunc_np, dtype=bool)
+            reward_np = np.array(reward_np)
             done_np = term_np | trunc_np
-            reward = torch.tensor(np.asarray(reward_np), device=dev).to(self.dtype)
-            terminated = torch.tensor(term_np, device=dev)
-            truncated = torch.tensor(trunc_np, device=dev)
-            done = terminated | truncated
-            boot = self._bootstrap_values(info, trunc_np & ~term_np, state, action, reward)
-            success = torch.as_tensor(self._success(info, done_np), device=dev).to(self.dtype)
+            bootstrap = trunc_np & ~term_np
+            boot = None
+            if bootstrap.any():
+                reward = self._tensor(reward_np, self.dtype)
+                boot = self._bootstrap_values(info, bootstrap, state, action, reward)
 
             # Trial bookkeeping: an episode end is a trial end per episode, or every
             # `episodes_per_trial` episodes in trial mode.
-            episodes = self._episodes_in_trial + done.long()
+            episodes = self._episodes_in_trial + done_np
             if self.reset_state == "episode":
-                trial_end = done
+                trial_end = done_np
             elif self.episodes_per_trial is None:
-                trial_end = torch.zeros_like(done)
+                trial_end = np.zeros(B, dtype=bool)
             else:
                 trial_end = episodes >= self.episodes_per_trial
-            step = {
-                "obs": obs,
-                "actions": action,
-                "rewards": reward,
-                "terminated": terminated,
-                "truncated": truncated,
-                "log_probs": log_prob,
-                "values": out.value,
-                "dist_params": out.dist_params,
-                "success": success,
-                "resets": reset,
-                "prev_actions": self._prev_action,
-                "prev_rewards": self._prev_reward,
-                "prev_dones": self._prev_done,
-                "trial_ends": trial_end,
-                "bootstrap_values": boot,
-            }
-            for key, value in step.items():
+            for key, value in (
+                ("obs", obs),
+                ("actions", action),
+                ("rewards", reward_np),
+                ("terminated", term_np),
+                ("truncated", trunc_np),
+                ("log_probs", log_prob),
+                ("values", out.value),
+                ("dist_params", out.dist_params),
+                ("success", self._success(info, done_np)),
+                ("resets", reset),
+                ("prev_actions", self._prev_action),
+                ("prev_rewards", self._prev_reward),
+                ("prev_dones", self._prev_done),
+                ("trial_ends", trial_end),
+                ("bootstrap_values", boot),
+            ):
                 rec[key].append(value)
 
             self._state = state
             self._reset_next = trial_end
-            self._episodes_in_trial = torch.where(trial_end, 0, episodes)
-            rows = trial_end.reshape(-1, *[1] * (action.dim() - 1))  # broadcast over action dims
-            self._prev_action = torch.where(rows, torch.zeros_like(action), action)
-            self._prev_reward = torch.where(trial_end, 0.0, reward).to(self.dtype)
-            self._prev_done = done & ~trial_end
-            self._returns = torch.where(done, 0.0, self._returns + reward.double())
+            self._episodes_in_trial = np.where(trial_end, 0, episodes)
+            if trial_end.any():
+                action = action.clone()
+                action[self._tensor(trial_end)] = 0
+            self._prev_action = action
+            self._prev_reward = np.where(trial_end, 0.0, reward_np)
+            self._prev_done = done_np & ~trial_end
             self._obs = next_obs
 
         # V(o_T) with the state (and reset) step T would use; it equals values[0] of the next call.
-        ctx = self._context(self._prev_action, self._prev_reward, self._prev_done)
-        last, _ = policy.step(
-            self._obs_tensor(self._obs), self._state, reset=self._reset_next, **ctx
-        )
+        ctx = self._step_context()
+        reset_t = self._tensor(self._reset_next) if self._reset_next.any() else None
+        last, _ = policy.step(self._obs_tensor(self._obs), self._state, reset=reset_t, **ctx)
+        host = {
+            "rewards": self.dtype,
+            "terminated": None,
+            "truncated": None,
+            "success": self.dtype,
+            "resets": None,
+            "prev_rewards": self.dtype,
+            "prev_dones": None,
+            "trial_ends": None,
+        }
+        arrays = {k: np.stack(rec.pop(k)) for k in host}  # (T, B) each
+        steps = {k: self._tensor(arrays[k], dtype) for k, dtype in host.items()}
+        zeros = torch.zeros(B, dtype=self.dtype, device=dev)
+        boots = rec.pop("bootstrap_values")
+        steps["bootstrap_values"] = torch.stack([zeros if b is None else b for b in boots])
+        steps.update({k: torch.stack(v) for k, v in rec.items()})
+        # running episode returns of the rewards as recorded (in the policy dtype), in float64
+        rewards = steps["rewards"].double().cpu().numpy()
+        for t, done_t in enumerate(arrays["terminated"] | arrays["truncated"]):
+            self._returns = np.where(done_t, 0.0, self._returns + rewards[t])
         return Trajectory(
-            **{k: torch.stack(v) for k, v in rec.items()},
+            **steps,
             last_value=last.value,
             start_returns=start_returns,
             task_ids=self.task_ids.clone(),
