@@ -84,6 +84,8 @@ __all__ = [
 ]
 
 STATUS_FILE = "status.json"
+OBSERVATION_LAYOUT_FILE = "observation_layout.json"
+"""the run's observation layout (see :meth:`SequenceRun.observation_layout`)"""
 CURRICULUM_FILE = "curriculum.yaml"
 REFERENCE_FILE = "reference.json"
 HARNESS_SCHEMA_VERSION = 2
@@ -268,6 +270,18 @@ class SequenceRun:
     def _stage_seed(self, stage: int, iteration: int) -> int:
         return legacy_stream_seed(self.cfg.seed, 100_003 * (stage + 1) + iteration)
 
+    def observation_layout(self) -> list[dict[str, Any]]:
+        """What the policy's observation is made of, for agents outside the framework
+        (``observation_layout.json``, read by ``metarl export-skills``): the family's observation,
+        then, with ``task_id_obs``, the one-hot of the task entry (``index_of``: the entries in
+        one-hot order)."""
+        env_size = int(np.prod(self.built.family_observation_space.shape))
+        layout: list[dict[str, Any]] = [{"name": "env", "size": env_size}]
+        if self.curriculum.task_id_obs:
+            names = list(self.curriculum.task_names)
+            layout.append({"name": "task_onehot", "size": len(names), "index_of": names})
+        return layout
+
     # -- the Trainer protocol -------------------------------------------------------------------
     @property
     def iteration(self) -> int:
@@ -367,6 +381,11 @@ class SequenceRun:
             self.skill_growth.run_name = run.path.name
         if resuming:
             restore(run, self)
+        else:
+            write_atomic(
+                run.path / OBSERVATION_LAYOUT_FILE,
+                (json.dumps(self.observation_layout(), indent=1) + "\n").encode(),
+            )
         tracker = Tracker(
             run,
             self.cfg.logging,

@@ -99,29 +99,33 @@ def test_a_sequence_run_exports_the_learner_policy_and_a_recorded_layout(sequenc
     record = RunDir.open(sequence_run).load_checkpoint()["policy"]
     obs = json.loads(record["spec"])["observation"]["shape"]
     assert obs == [6]  # nav2d's 2 numbers + a one-hot over the curriculum's 4 tasks
-    path, names = export_skills(sequence_run, tmp_path / "lib")
-    info = SkillLibrary.open(path).info(names[0])
-    assert names == [f"{sequence_run.name}/final"]
-    assert info.metadata["obs_layout"] == [{"name": "observation", "size": 6}]
-    assert "one-hot" in info.metadata["obs_layout_note"]
-    _same(SkillLibrary.open(path).params(names[0]), record["state"])
-
-    # a run that records its layout gets it into every skill (and it must add up)
+    # the run recorded its layout (continual writes observation_layout.json): every skill gets it
     layout = [
         {"name": "env", "size": 2},
         {"name": "task_onehot", "size": 4,
          "index_of": ["north_east", "south_west", "north_west", "south_east"]},
     ]  # fmt: skip
-    (sequence_run / LAYOUT_FILE).write_text(json.dumps(layout))
+    assert json.loads((sequence_run / LAYOUT_FILE).read_text()) == layout
+    path, names = export_skills(sequence_run, tmp_path / "lib")
+    info = SkillLibrary.open(path).info(names[0])
+    assert names == [f"{sequence_run.name}/final"]
+    assert info.metadata["obs_layout"] == layout and "obs_layout_note" not in info.metadata
+    _same(SkillLibrary.open(path).params(names[0]), record["state"])
+
+    recorded = (sequence_run / LAYOUT_FILE).read_text()
     try:
-        _, names = export_skills(sequence_run, tmp_path / "lib", prefix="recorded")
+        # without the record (a run from before it existed): one block and a note
+        (sequence_run / LAYOUT_FILE).unlink()
+        _, names = export_skills(sequence_run, tmp_path / "lib", prefix="unrecorded")
         info = SkillLibrary.open(tmp_path / "lib").info(names[0])
-        assert info.metadata["obs_layout"] == layout and "obs_layout_note" not in info.metadata
+        assert info.metadata["obs_layout"] == [{"name": "observation", "size": 6}]
+        assert "one-hot" in info.metadata["obs_layout_note"]
+        # a recorded layout must add up
         (sequence_run / LAYOUT_FILE).write_text(json.dumps(layout[:1]))
         with pytest.raises(SkillLibraryError, match="add up to 2, the policy reads 6"):
             export_skills(sequence_run, tmp_path / "lib", prefix="bad")
     finally:
-        (sequence_run / LAYOUT_FILE).unlink()
+        (sequence_run / LAYOUT_FILE).write_text(recorded)
 
 
 def test_a_population_run_exports_the_fittest_members_agents(population_run, tmp_path):

@@ -149,3 +149,44 @@ def test_hostile_or_unsupported_run_directories_are_refused(tmp_path):
     pop = RunDir.create(tmp_path, "pop", {"algo": "mappo", "agents": []}, 1)
     with pytest.raises(CheckpointError, match="population"):
         metarl.load(pop.path)
+
+
+def test_a_sequence_run_records_its_observation_layout_and_export_uses_it(tmp_path):
+    """nav2d_quadrants appends a one-hot of the task entry: the run writes the layout, its sizes
+    add up to the policy's observation, and an exported skill states it."""
+    from continual.config import SequenceConfig
+    from continual.sequence import run_sequence
+    from skills import SkillLibrary
+    from skills.export import main as export_main
+
+    cfg = load_config(
+        SequenceConfig,
+        None,
+        [
+            f"run.root={tmp_path}",
+            "curriculum=nav2d_quadrants",
+            "max_stages=1",
+            "stage_steps=160",
+            "ppo.num_envs=4",
+            "ppo.num_steps=20",
+            "ppo.num_minibatches=2",
+            "ppo.update_epochs=1",
+            "policy.kind=gru",
+            "policy.d_model=8",
+            "policy.n_layers=1",
+            "policy.encoder_hidden=8",
+            "eval.episodes=1",
+            "logging.wandb=disabled",
+            "logging.progress=false",
+        ],
+    )
+    run = run_sequence(cfg).run
+    layout = json.loads((run.path / "observation_layout.json").read_text())
+    assert [b["name"] for b in layout] == ["env", "task_onehot"]
+    assert layout[0]["size"] == 2 and layout[1]["index_of"][0] == "north_east"
+    agent = metarl.load(run.path)
+    assert sum(b["size"] for b in layout) == agent.spec["observation"]["shape"][0]
+    library = tmp_path / "lib"
+    assert export_main([str(run.path), "--library", str(library)]) == 0
+    (name,) = SkillLibrary.open(library).list()
+    assert SkillLibrary.open(library).info(name).metadata["obs_layout"] == layout
