@@ -375,6 +375,42 @@ def test_a_plugin_loss_on_the_outer_loss_adds_its_gradient_to_the_meta_gradient(
         torch.testing.assert_close(grads[1][name] - g0, 2 * 3.0 * theta[name], msg=name)
 
 
+def test_ewc_on_a_maml_initialisation_adds_exactly_2_lambda_F_theta_minus_anchor(monkeypatch):
+    """The EWC plugin inside the continual harness: with a known diagonal Fisher F and anchor θ*,
+    the meta-gradient of a MAML step grows by exactly 2 λ F (θ − θ*), parameter by parameter."""
+    import metarl.meta.train as meta_train
+    from continual.regularizers import EWC
+
+    cfg = tiny_config(*TINY_META[:-3])
+    built = prepare_curriculum(cfg).build()
+    seen = []
+    apply = meta_train._apply
+
+    def spy(optimizer, named, grads, max_norm):
+        seen.append({k: g.clone() for k, g in grads.items()})
+        return apply(optimizer, named, grads, max_norm)
+
+    monkeypatch.setattr(meta_train, "_apply", spy)
+    lam, grads, fisher, anchor, theta = 2.5, [], {}, {}, {}
+    for strength in (0.0, lam):
+        torch.manual_seed(0)
+        learner = ContinualLearner(build_policy(cfg, built), cfg, built)
+        params = dict(learner.policy.named_parameters())
+        g = torch.Generator().manual_seed(1)
+        if not fisher:
+            fisher = {k: torch.rand(v.shape, generator=g) for k, v in params.items()}
+            anchor = {k: torch.randn(v.shape, generator=g) for k, v in params.items()}
+        ewc = EWC(strength)
+        ewc.consolidate_fisher(anchor, fisher)
+        learner.plugins.append(ewc)
+        theta = {k: v.detach().clone() for k, v in params.items()}
+        learner.step()
+        grads.append(seen[-1])
+    for name, g0 in grads[0].items():
+        want = 2 * lam * fisher[name] * (theta[name] - anchor[name])
+        torch.testing.assert_close(grads[1][name] - g0, want, msg=name)
+
+
 def test_a_curriculum_file_is_read_as_an_override_and_copied_into_the_run(tmp_path):
     from curricula.curriculum import _data_dir
 
