@@ -92,7 +92,9 @@ class Plugin:
     def evaluation_params(
         self, params: Mapping[str, Tensor], group: Hashable
     ) -> dict[str, Tensor] | None:
-        """The parameters to evaluate ``group``'s stages with (see :meth:`evaluation_group`)."""
+        """The parameters to evaluate ``group``'s stages with (see :meth:`evaluation_group`). The
+        dict may also hold buffers (progressive columns set the ``active`` column this way); the
+        evaluation policy takes every entry whose name it has."""
         return None
 
     def state_dict(self) -> dict[str, Any]:
