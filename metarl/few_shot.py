@@ -212,7 +212,48 @@ def adapt_evaluate(
     title = f"{cfg.family} ({split} tasks, n={len(tasks)}, {len(seed_list)} seeds, {k} episodes)"
     png = plot_curves(summaries, title, x_label, offset=results["x_offset"])
     write_atomic(paths[2], png)
+    log_curves(run, cfg.logging, output, summaries, results["x_offset"])
     return results
+
+
+def log_curves(
+    run: RunDir, logging_cfg: Any, name: str, summaries: dict[str, dict], offset: int
+) -> None:
+    """The report's curves where the run's training curves are: TensorBoard scalars
+    ``<name>/<method>/return`` (and ``success``) at step = adaptation step (+ ``offset``) in
+    ``RUN_DIR/tensorboard/<name>``, and a wandb run of job type ``adapt-eval`` (the run's wandb
+    mode, offline by default)."""
+    scalars = [
+        (f"{name}/{method}/{key}", k + offset, d["mean"])
+        for method, summary in summaries.items()
+        for key in ("return", "success")
+        for k, d in zip(summary["steps"], summary[key])
+    ]
+    if getattr(logging_cfg, "tensorboard", False):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed; no event files for %s", name)
+        else:
+            with SummaryWriter(str(run.path / "tensorboard" / name)) as writer:
+                for tag, step, value in scalars:
+                    writer.add_scalar(tag, value, global_step=step)
+    if getattr(logging_cfg, "wandb", "disabled") != "disabled":
+        try:
+            import wandb
+        except ImportError:
+            return
+        wb = wandb.init(
+            project=logging_cfg.project,
+            name=f"{run.path.name}-{name}",
+            dir=str(run.path),
+            mode=logging_cfg.wandb,
+            job_type="adapt-eval",
+            settings=wandb.Settings(silent=True),
+        )
+        for step in sorted({s for _, s, _ in scalars}):
+            wb.log({tag: v for tag, s, v in scalars if s == step}, step=step)
+        wb.finish()
 
 
 def classic_bandit_curves(

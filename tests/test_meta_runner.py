@@ -135,6 +135,16 @@ def test_adapt_eval_cli_compares_meta_multitask_and_scratch_on_the_same_samples(
     assert Path(results["multitask_run"]).parent == run.path / "baselines"
     for name in ("adapt_eval.md", "plots/adapt_eval.png"):
         assert (run.path / name).stat().st_size > 0
+    # the curves are also TensorBoard scalars beside the run's training curves
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run.path / "tensorboard" / "adapt_eval"))
+    acc.Reload()
+    curve = [(e.step, e.value) for e in acc.Scalars("adapt_eval/maml/return")]
+    assert curve == [
+        (k, pytest.approx(d["mean"], rel=1e-6))
+        for k, d in zip([0, 1, 2], results["methods"]["maml"]["return"])
+    ]
     # a second call keeps the first report: refused before anything is computed ...
     first = (run.path / "adapt_eval.json").read_bytes()
     assert cli.main(argv) == 2
