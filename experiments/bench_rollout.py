@@ -3,6 +3,7 @@
 
     python experiments/bench_rollout.py                  # nav2d, bandit, cartpole; 16, 64, 256 envs
     python experiments/bench_rollout.py --families nav2d --num-envs 16 --steps 512
+    python experiments/bench_rollout.py --threads 1 --repeats 3   # a shared 2-core machine
     python experiments/bench_rollout.py --families metaworld-ml1:reach-v3 --num-envs 16
 
 For each family and env count, interleaved ``--repeats`` times (env steps per second, all
@@ -182,9 +183,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=256, help="vector steps per measurement")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--kind", default="mamba")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_rollout.json")
     args = ap.parse_args()
     env_counts = [int(n) for n in args.num_envs.split(",")]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # on a shared machine, 1 avoids oversubscription
 
     torch.manual_seed(0)
     results = []
