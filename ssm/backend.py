@@ -239,6 +239,57 @@ def _build_in_child(spec: dict[str, Any]) -> None:
         raise RuntimeError(f"building {spec['name']} failed: {' / '.join(tail)}")
 
 
+_policy_step_lock = threading.Lock()
+_policy_step_ext: Any = None
+_policy_step_state = "unloaded"  # unloaded | loaded | failed
+POLICY_STEP_SRC = Path(__file__).parent / "csrc" / "policy_step.cpp"
+
+
+def policy_step_ext() -> Any:
+    """The compiled fused policy step (``ssm/csrc/policy_step.cpp``, used by
+    :mod:`ssm.fast_step`), built on first use like :func:`cpu_ext` (a name keyed by source,
+    flags, torch, machine and environment; the build in a child process group); None where it
+    can't be built or ``SSM_DISABLE_CPU_KERNELS=1``."""
+    global _policy_step_ext, _policy_step_state
+    if _policy_step_state != "unloaded" or not cpu_kernels_enabled():
+        return _policy_step_ext
+    with _policy_step_lock:
+        if _policy_step_state != "unloaded":
+            return _policy_step_ext
+        try:
+            from torch.utils import cpp_extension
+
+            flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]
+            key = hashlib.sha1(
+                POLICY_STEP_SRC.read_bytes()
+                + torch.__version__.encode()
+                + platform.machine().encode()
+                + _cpu_model().encode()
+                + " ".join(flags).encode()
+                + sys.prefix.encode()
+                + str(Path(torch.__file__).resolve().parent).encode()
+            ).hexdigest()[:12]
+            spec = {
+                "name": f"ssm_policy_step_{key}",
+                "sources": [str(POLICY_STEP_SRC)],
+                "extra_cflags": flags,
+                "verbose": False,
+            }
+            _build_in_child(spec)
+            _policy_step_ext = cpp_extension.load(**spec)
+            _policy_step_state = "loaded"
+            log_once("policy-step", "ssm: fused policy step loaded")
+        except Exception as e:  # no compiler, no ninja, ...
+            _policy_step_ext, _policy_step_state = None, "failed"
+            log_once(
+                "policy-step-failed",
+                f"ssm: fused policy step unavailable ({type(e).__name__}: {e}); "
+                "policies step through the reference path",
+                logging.WARNING,
+            )
+    return _policy_step_ext
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
