@@ -323,6 +323,7 @@ class ContinualLearner:
         )
         if self.config.boundaries == "hidden":
             self.end_stage(discard_recent=self.config.drift.discard_recent)
+            self.plugins.start_stage()
             if self.config.drift.reset_optimizer:
                 self.reset_optimizer()
         return True
@@ -358,7 +359,10 @@ class ContinualLearner:
         self._snapshots.clear()
 
     def start_stage(self) -> None:
-        """A known boundary: after :meth:`end_stage`, optionally clear the optimiser's moments."""
+        """A known boundary: after :meth:`end_stage` and the ended stage's evaluation, the
+        plugins' ``start_stage`` (resets, shrink & perturb), then optionally clear the optimiser's
+        moments."""
+        self.plugins.start_stage()
         if self.config.reset_optimizer:
             self.reset_optimizer()
 

@@ -15,10 +15,11 @@ family take them alike. Units, their incoming and outgoing weights and the metri
   which ranks a group's units the same.) A GRU/LSTM unit's identity write into the residual
   stream counts as one more outgoing weight of magnitude 1.
 - :class:`ShrinkPerturb` (Ash & Adams 2020, "On Warm-Starting Neural Network Training"): at
-  every stage end ``θ ← λ θ + σ θ_fresh``, θ_fresh a freshly initialised policy's parameters.
+  every stage start (after the ended stage was scored) ``θ ← λ θ + σ θ_fresh``, θ_fresh a
+  freshly initialised policy's parameters.
   With ``λ + σ = 1`` a parameter whose initialisation is deterministic (norm gains, Mamba's
   ``A_log`` and ``D``) moves toward its initial value, not toward 0.
-- :class:`ResetModules`: at every stage end the chosen modules (``head``, ``value``,
+- :class:`ResetModules`: at every stage start the chosen modules (``head``, ``value``,
   ``layers.1``, ...) are re-initialised and their optimiser moments cleared.
 - :class:`L2Init` (Kumar et al. 2023, "Maintaining Plasticity in Continual Learning via
   Regenerative Regularization"): the loss term ``c · Σ ‖θ − θ_0‖²``, θ_0 the initialisation.
@@ -40,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metarl.plugins import Plugin, StageEnd
+from metarl.plugins import Plugin
 from ssm.policy import SequencePolicy
 from ssm.util import derive_seed
 
@@ -363,7 +364,7 @@ def _module_params(policy: nn.Module, modules: Sequence[str]) -> list[str]:
 
 
 class ShrinkPerturb(_Remedy):
-    """Shrink & perturb at every stage end (module docstring), on the parameters under
+    """Shrink & perturb at every stage start (module docstring), on the parameters under
     ``modules`` (all when empty)."""
 
     name = "shrink_perturb"
@@ -392,12 +393,12 @@ class ShrinkPerturb(_Remedy):
                     p.mul_(self.shrink).add_(fresh[n], alpha=self.perturb)
         self.applied += 1
 
-    def end_stage(self, end: StageEnd) -> None:
+    def start_stage(self) -> None:  # after the ended stage was scored
         self.apply()
 
 
 class ResetModules(_Remedy):
-    """Re-initialise the parameters under ``modules`` at every stage end (clearing their
+    """Re-initialise the parameters under ``modules`` at every stage start (clearing their
     optimiser state when ``reset_moments``)."""
 
     name = "reset"
@@ -427,7 +428,7 @@ class ResetModules(_Remedy):
                         opt.state.pop(p, None)
         self.applied += 1
 
-    def end_stage(self, end: StageEnd) -> None:
+    def start_stage(self) -> None:  # after the ended stage was scored
         self.apply()
 
 

@@ -320,11 +320,13 @@ class SequenceRun:
             h.setdefault("acting", []).append([row["iteration"], row["acting_return"]])
         rows.append({"global_step": learner.global_step, "stage": s, **row})
         last = h["stage_iteration"] == n
-        if last and self.cfg.boundaries == "known":
-            learner.end_stage()
-            learner.start_stage()
+        known_end = last and self.cfg.boundaries == "known"
+        if known_end:
+            learner.end_stage()  # consolidate (EWC, PackNet's masks, replay), then score
         if last or h["stage_iteration"] % self.cfg.eval.every_iterations == 0:
             rows.append(self._evaluate(s, h["stage_iteration"]))
+        if known_end:
+            learner.start_stage()  # prepare the next stage (resets, shrink & perturb)
         self._stage_ended = last
         if last:
             h["stage"], h["stage_iteration"] = s + 1, 0

@@ -12,7 +12,8 @@ Every trainer's update has the same shape, and a plugin hooks into it at four pl
     p.after_iteration(batch, row)                the iteration's data and log row
 
 The continual layer adds the stage hooks: ``stage_progress`` (PackNet prunes on its schedule),
-``end_stage`` (EWC, L2 and PackNet consolidate; replay stores the stage's data) and
+``end_stage`` (EWC, L2 and PackNet consolidate; replay stores the stage's data), ``start_stage``
+(after the ended stage was scored: resets and shrink & perturb) and
 ``evaluation_params`` (PackNet evaluates each stage with that stage's masks). A stage ends in one
 place, :meth:`continual.learner.ContinualLearner.end_stage`, which calls ``end_stage`` on every
 plugin.
@@ -83,6 +84,12 @@ class Plugin:
 
     def end_stage(self, end: StageEnd) -> None:
         """Once at the end of every stage."""
+
+    def start_stage(self) -> None:
+        """Before the first iteration of the next stage: after the ended stage was evaluated (a
+        known boundary), right after :meth:`end_stage` (a detection). What prepares the network
+        for the next stage (a reset, shrink & perturb) belongs here, so that the ended stage is
+        scored with the parameters it ended with."""
 
     def evaluation_group(self, stage: int) -> Hashable | None:
         """Stages with the same group are evaluated with the same parameters; None: the live
@@ -178,6 +185,10 @@ class PluginList:
     def end_stage(self, end: StageEnd) -> None:
         for p in self.plugins:
             p.end_stage(end)
+
+    def start_stage(self) -> None:
+        for p in self.plugins:
+            p.start_stage()
 
     def evaluation_group(self, stage: int) -> tuple:
         return tuple(p.evaluation_group(stage) for p in self.plugins)

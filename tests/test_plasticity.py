@@ -328,7 +328,7 @@ def test_continual_backprop_replaces_the_lowest_utility_mature_unit():
 def test_shrink_perturb_is_lambda_theta_plus_sigma_fresh():
     policy = make_policy("s5")
     old = params_of(policy)
-    ShrinkPerturb(policy, seed=3, shrink=0.6, perturb=0.3).end_stage(state_end(policy))
+    ShrinkPerturb(policy, seed=3, shrink=0.6, perturb=0.3).start_stage()
     fresh = fresh_parameters(make_policy("s5"), torch.Generator().manual_seed(3))
     for n, p in policy.named_parameters():
         torch.testing.assert_close(p.detach(), 0.6 * old[n] + 0.3 * fresh[n], msg=n)
@@ -350,7 +350,7 @@ def test_reset_touches_only_the_chosen_modules_and_their_optimiser_state():
     old = params_of(policy)
     ResetModules(
         policy, seed=9, modules=["head", "layers.1"], optimizer=lambda: optimizer
-    ).end_stage(state_end(policy))
+    ).start_stage()
     fresh = fresh_parameters(make_policy("lstm", n_layers=2), torch.Generator().manual_seed(9))
     for n, p in policy.named_parameters():
         chosen = n.startswith(("head.", "layers.1."))
@@ -498,3 +498,21 @@ def test_a_sequence_run_logs_the_metrics_and_summarises_them_per_stage(tmp_path)
     assert result.results["plasticity"] == summary
     state = result.run.load_checkpoint()["trainer"]["learner"]
     assert state["remedy"]["applied"] == 2  # shrink & perturb at both stage ends
+
+
+def test_a_stage_is_scored_before_a_reset_prepares_the_next_one():
+    """Resets and shrink & perturb act at the next stage's start, after the ended stage's
+    evaluation: stage 0 trains identically with and without them, so the end-of-stage-0 row of R
+    is the same (before the fix R[0, 0] scored the freshly reset head)."""
+    from test_continual_learner import TINY
+
+    from continual.config import SequenceConfig
+    from continual.sequence import run_sequence
+    from metarl.config import load_config
+
+    rows = {}
+    for remedy in ("none", "reset", "shrink_perturb"):
+        cfg = load_config(SequenceConfig, None, [*TINY, f"plasticity.remedy={remedy}"])
+        rows[remedy] = run_sequence(cfg, write=False).results["R"]
+    assert rows["reset"][0] == rows["none"][0] == rows["shrink_perturb"][0]
+    assert rows["reset"][1] != rows["none"][1]  # the reset did act, on stage 1
