@@ -404,6 +404,7 @@ def code_tree() -> dict:
 
 
 def measure(args) -> dict:
+    """One run: warm-up, then ``args.repeats`` interleaved repeats; the samples and metadata."""
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
     tree = code_tree()
@@ -415,7 +416,7 @@ def measure(args) -> dict:
     for b in benches:  # warm-up: kernel builds, allocator, first-call costs
         t = time.perf_counter()
         b.run()
-        print(f"  warm-up {b.name:24s} {time.perf_counter() - t:7.2f} s", flush=True)
+        print(f"  warm-up {b.name:26s} {time.perf_counter() - t:7.2f} s", flush=True)
     samples: dict[str, list[dict]] = {b.name: [] for b in benches}
     for r in range(args.repeats):
         k = r % len(benches)
@@ -424,119 +425,178 @@ def measure(args) -> dict:
             steps = b.run()
             dt = time.perf_counter() - t
             samples[b.name].append({"seconds": dt, "env_steps": steps, "iterations": b.iterations})
-            print(f"  repeat {r}: {b.name:24s} {dt:7.2f} s  {steps / dt:9.0f} steps/s", flush=True)
-    base = "cleanrl_gru/ppo/nav2d"
-    base_sps = [s["env_steps"] / s["seconds"] for s in samples[base]]
-    result = {}
-    for b in benches:
-        sps = [s["env_steps"] / s["seconds"] for s in samples[b.name]]
-        ratios = [x / y for x, y in zip(sps, base_sps)]
-        result[b.name] = {
-            **b.info,
-            "iterations_per_sample": b.iterations,
-            "env_steps_per_iteration": samples[b.name][0]["env_steps"] // b.iterations,
-            "samples": samples[b.name],
-            "steps_per_second": statistics.median(sps),
-            "steps_per_second_range": [min(sps), max(sps)],
-            "seconds_per_iteration": statistics.median(
-                s["seconds"] / s["iterations"] for s in samples[b.name]
-            ),
-            "ratio_vs_baseline": statistics.median(ratios),
-            "ratio_vs_baseline_range": [min(ratios), max(ratios)],
-        }
+            print(f"  repeat {r}: {b.name:26s} {dt:7.2f} s  {steps / dt:9.0f} steps/s", flush=True)
     meta = run_metadata()
     meta["script_commit"] = meta.pop("commit")
+    meta["machine"]["processor"] = platform.processor() or platform.machine()
     return {
         **meta,
         "commit": tree["commit"],
         "code": tree,
-        "loadavg_before_after": [load_start, None],
-        "wall_seconds": None,
+        "loadavg_start_end": [load_start, os.getloadavg()[0]],
+        "wall_seconds": time.perf_counter() - t0,
         "settings": {
             "threads": args.threads,
             "repeats": args.repeats,
             "seed": args.seed,
             "quick": args.quick,
+            "sizes": {
+                k: getattr(args, k)
+                for k in ("ppo_envs", "ppo_steps", "epochs", "minibatches", "ppo_iters")
+                + ("rl2_envs", "rl2_iters", "maml_tasks", "maml_episodes", "maml_iters")
+            },
         },
-        "result": result,
-        "_t0": t0,
+        "benches": {b.name: b.info for b in benches},
+        "samples": samples,
     }
+
+
+BASELINE = "cleanrl_gru/ppo/nav2d"
+ANCHOR = "cleanrl_gru/ppo/nav2d/sync"
+
+
+def anchor_name(run: dict) -> str | None:
+    """The baseline on gymnasium's SyncVectorEnv in this run (the same code in every tree)."""
+    if ANCHOR in run["samples"]:
+        return ANCHOR
+    return BASELINE if run["benches"][BASELINE]["vector_env"] == "SyncVectorEnv" else None
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per bench, pooled over ``runs``: median steps/s and s/iteration, and the medians of the
+    per-repeat ratios to the baseline and to the SyncVectorEnv baseline (the load anchor), each
+    ratio taken between samples of the same repeat."""
+
+    def sps(s: dict) -> float:
+        return s["env_steps"] / s["seconds"]
+
+    result = {}
+    for name, info in runs[0]["benches"].items():
+        pooled, vs_base, vs_anchor = [], [], []
+        for run in runs:
+            mine = [sps(s) for s in run["samples"][name]]
+            pooled += run["samples"][name]
+            vs_base += [x / sps(y) for x, y in zip(mine, run["samples"][BASELINE])]
+            anchor = anchor_name(run)
+            if anchor is not None:
+                vs_anchor += [x / sps(y) for x, y in zip(mine, run["samples"][anchor])]
+        rates = [sps(s) for s in pooled]
+        result[name] = {
+            **info,
+            "env_steps_per_iteration": pooled[0]["env_steps"] // pooled[0]["iterations"],
+            "samples": len(pooled),
+            "steps_per_second": statistics.median(rates),
+            "steps_per_second_range": [min(rates), max(rates)],
+            "seconds_per_iteration": statistics.median(
+                s["seconds"] / s["iterations"] for s in pooled
+            ),
+            "ratio_vs_baseline": statistics.median(vs_base),
+            "ratio_vs_baseline_range": [min(vs_base), max(vs_base)],
+            "ratio_vs_anchor": statistics.median(vs_anchor) if vs_anchor else None,
+            "ratio_vs_anchor_range": [min(vs_anchor), max(vs_anchor)] if vs_anchor else None,
+        }
+    return result
+
+
+def write_report(out: Path, run: dict, append: bool) -> dict:
+    """Write ``out`` holding ``run`` (``append``: added to the runs already there, which must
+    be of the same code and settings) and the summary over all its runs."""
+    runs = [run]
+    if append and out.exists():
+        old = json.loads(out.read_text())
+        for key in ("commit", "settings"):
+            if old["runs"][0][key] != run[key]:
+                raise ValueError(
+                    f"--append: {out} holds runs with {key} {old['runs'][0][key]!r}, this run "
+                    f"has {run[key]!r}; write to another --out"
+                )
+        runs = old["runs"] + [run]
+    keep = ("command", "commit", "script_commit", "code", "machine", "settings")
+    report = {**{k: run[k] for k in keep}, "runs": runs, "result": summarize(runs)}
+    from ssm.util import write_json_atomic
+
+    write_json_atomic(out, report)
+    return report
 
 
 def write_compare(before_path: Path, after_path: Path, md: Path) -> None:
     """A before/after markdown table from two result files of this script."""
     before = json.loads(before_path.read_text())
     after = json.loads(after_path.read_text())
+
+    def fmt(x: float) -> str:
+        return f"{x:.3g}" if x < 1000 else f"{x:.0f}"
+
+    def med_range(r: dict, key: str) -> str:
+        lo, hi = r[f"{key}_range"]
+        if key.startswith("ratio"):
+            return f"{r[key]:.2f} ({lo:.2f}-{hi:.2f})"
+        return f"{fmt(r[key])} ({fmt(lo)}-{fmt(hi)})"
+
     rows = [
-        "| bench | policy (params) | env steps / iter | before steps/s | after steps/s | "
-        "after / before | before vs baseline | after vs baseline |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| bench | policy (params) | env steps / iter | before: steps/s | after: steps/s | "
+        "raw after / before | before: x baseline | after: x baseline | "
+        "load-corrected after / before |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, a in after["result"].items():
         b = before["result"].get(name)
         if b is None:
             continue
-        pol = f"{a['policy']['kind']} ({a['policy']['params']})"
-
-        def sps(r: dict) -> str:
-            lo, hi = r["steps_per_second_range"]
-            return f"{r['steps_per_second']:.0f} ({lo:.0f}-{hi:.0f})"
-
-        def vs(r: dict) -> str:
-            lo, hi = r["ratio_vs_baseline_range"]
-            return f"{r['ratio_vs_baseline']:.2f} ({lo:.2f}-{hi:.2f})"
-
-        speed = a["steps_per_second"] / b["steps_per_second"]
+        corrected = "n/a"
+        if a["ratio_vs_anchor"] and b["ratio_vs_anchor"]:
+            corrected = f"{a['ratio_vs_anchor'] / b['ratio_vs_anchor']:.2f}x"
         rows.append(
-            f"| {name} | {pol} | {a['env_steps_per_iteration']} | {sps(b)} | {sps(a)} | "
-            f"{speed:.2f}x | {vs(b)} | {vs(a)} |"
+            f"| {name} | {a['policy']['kind']} ({a['policy']['params']}) | "
+            f"{a['env_steps_per_iteration']} | {med_range(b, 'steps_per_second')} | "
+            f"{med_range(a, 'steps_per_second')} | "
+            f"{a['steps_per_second'] / b['steps_per_second']:.2f}x | "
+            f"{med_range(b, 'ratio_vs_baseline')} | {med_range(a, 'ratio_vs_baseline')} | "
+            f"{corrected} |"
         )
-    maml = [n for n in after["result"] if n.startswith("maml/") and n in before["result"]]
     lines = [
         "# End-to-end training throughput: before / after this round's speed work",
         "",
-        "Env steps per second of whole training iterations (collection, advantages, update), "
-        "median over interleaved repeats (min-max in brackets); `vs baseline` is the median over "
-        "repeats of sps(bench) / sps(CleanRL-style GRU PPO on nav2d) measured in the same run "
-        "(`experiments/bench_train.py`).",
+        "Env steps per second of whole training iterations (collection, advantages, update; all "
+        "sub-envs counted), median over interleaved repeats with the min-max in brackets, from "
+        "`experiments/bench_train.py`. `x baseline`: the median over repeats of sps(bench) / "
+        "sps(the CleanRL-style GRU PPO on nav2d, `cleanrl_gru/ppo/nav2d`) measured in the same "
+        "repeat. `load-corrected after / before`: the same ratio taken against the baseline on "
+        "gymnasium's `SyncVectorEnv` (the same code and env in both trees: "
+        "`cleanrl_gru/ppo/nav2d/sync` after, `cleanrl_gru/ppo/nav2d` before), after over before; "
+        "the raw after / before mixes in the machine's load, which changed between the runs.",
         "",
         *rows,
         "",
     ]
-    anchor = after["result"].get("cleanrl_gru/ppo/nav2d/sync")
-    b0 = before["result"]["cleanrl_gru/ppo/nav2d"]
-    if anchor is not None and b0["vector_env"] == anchor["vector_env"]:
-        lines += [
-            "Load anchor: the baseline on the same `SyncVectorEnv` is the same code in both runs: "
-            f"{b0['steps_per_second']:.0f} steps/s before, {anchor['steps_per_second']:.0f} after "
-            f"(after / before {anchor['steps_per_second'] / b0['steps_per_second']:.2f}): a "
-            "difference there is the machine's load between the two runs, not the code.",
-            "",
-        ]
-    for n in maml:
+    for n in [n for n in after["result"] if n.startswith("maml/") and n in before["result"]]:
         sb, sa = before["result"][n], after["result"][n]
         lines.append(
-            f"{n}: **{sb['seconds_per_iteration']:.1f} s -> {sa['seconds_per_iteration']:.1f} s "
-            f"per outer iteration** ({sa['env_steps_per_iteration']} env steps each: support and "
-            "query)."
+            f"{n}: {sb['seconds_per_iteration']:.1f} s before, {sa['seconds_per_iteration']:.1f} "
+            f"s after per outer iteration (median; {sa['env_steps_per_iteration']} env steps "
+            "each, support and query)."
         )
     for label, r, path in (("before", before, before_path), ("after", after, after_path)):
         lines += [
             "",
             f"## {label}",
             "",
-            f"- command: `{r['command']}`",
             f"- code: `{r['code']['root']}` at `{r['commit']}` ({r['code']['subject']})",
             f"- script: `{r['script_commit']}`",
             f"- machine: {r['machine']}",
-            f"- load average (1 min) at start / end: {r['loadavg_before_after']}",
-            f"- wall time: {r['wall_seconds']:.0f} s; settings: {r['settings']}",
+            f"- settings: {r['settings']}",
             "- vector envs (PPO benches): "
             + ", ".join(
                 f"{k}: {v['vector_env']}" for k, v in r["result"].items() if v["vector_env"]
             ),
-            f"- results: `{path.name}`",
+            f"- results: `{path.name}` ({len(r['runs'])} runs)",
         ]
+        for run in r["runs"]:
+            load = ", ".join(f"{x:.1f}" for x in run["loadavg_start_end"])
+            lines.append(
+                f"  - `{run['command']}`: {run['wall_seconds']:.0f} s wall, load average "
+                f"(1 min) {load} at start, end"
+            )
     write_text_atomic(md, "\n".join(lines) + "\n")
     print(f"wrote {md}")
 
@@ -566,6 +626,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny budgets, one repeat (smoke test)")
     ap.add_argument("--out", type=Path, default=None, help="results JSON path")
     ap.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run to --out's runs (same code and settings) and summarise them all",
+    )
+    ap.add_argument(
         "--compare",
         nargs=2,
         type=Path,
@@ -586,18 +651,13 @@ def main() -> int:
     out = args.out or HERE / "results" / (
         "bench_train_quick.json" if args.quick else "bench_train.json"
     )
-    report = measure(args)
-    report["wall_seconds"] = time.perf_counter() - report.pop("_t0")
-    report["loadavg_before_after"][1] = os.getloadavg()[0]
-    report["machine"]["processor"] = platform.processor() or platform.machine()
-    from ssm.util import write_json_atomic
-
-    write_json_atomic(out, report)
-    base = report["result"]["cleanrl_gru/ppo/nav2d"]["steps_per_second"]
+    report = write_report(out, measure(args), args.append)
     for name, r in report["result"].items():
+        anchor = r["ratio_vs_anchor"]
         print(
-            f"{name:24s} {r['steps_per_second']:9.0f} steps/s  {r['seconds_per_iteration']:7.2f} "
-            f"s/iter  x{r['ratio_vs_baseline']:.2f} vs baseline ({base:.0f} steps/s)"
+            f"{name:26s} {r['steps_per_second']:9.0f} steps/s  {r['seconds_per_iteration']:7.2f} "
+            f"s/iter  x{r['ratio_vs_baseline']:.2f} vs baseline"
+            + (f"  x{anchor:.2f} vs sync baseline" if anchor else "")
         )
     print(f"wrote {out}")
     return 0
