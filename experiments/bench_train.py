@@ -428,6 +428,8 @@ def measure(args) -> dict:
             print(f"  repeat {r}: {b.name:26s} {dt:7.2f} s  {steps / dt:9.0f} steps/s", flush=True)
     meta = run_metadata()
     meta["script_commit"] = meta.pop("commit")
+    names = ("PYTHONPATH", "TORCH_EXTENSIONS_DIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    meta["environment"] = {k: os.environ[k] for k in names if k in os.environ}
     meta["machine"]["processor"] = platform.processor() or platform.machine()
     return {
         **meta,
@@ -593,8 +595,10 @@ def write_compare(before_path: Path, after_path: Path, md: Path) -> None:
         ]
         for run in r["runs"]:
             load = ", ".join(f"{x:.1f}" for x in run["loadavg_start_end"])
+            env = " ".join(f"{k}={v}" for k, v in run["environment"].items())
             lines.append(
-                f"  - `{run['command']}`: {run['wall_seconds']:.0f} s wall, load average "
+                f"  - `{env + ' ' if env else ''}{run['command']}`: {run['wall_seconds']:.0f} s "
+                "wall, load average "
                 f"(1 min) {load} at start, end"
             )
     write_text_atomic(md, "\n".join(lines) + "\n")
