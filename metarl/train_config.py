@@ -40,6 +40,8 @@ class PolicyConfig:
     """action head for continuous actions"""
     layer: dict[str, Any] = field(default_factory=dict)
     """extra keyword arguments for the layer (e.g. d_state, backend)"""
+    norm: Literal["pre", "post", "none"] = "pre"
+    """LayerNorm placement in the residual stack: pre x + f(norm(x)), post norm(x + f(x)), none"""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -58,6 +60,7 @@ class PolicyConfig:
             box_head=self.box_head,
             encoder_hidden=self.encoder_hidden,
             layer_kwargs=dict(self.layer),
+            norm=self.norm,
         )
 
 

@@ -113,13 +113,15 @@ class SequencePolicy(nn.Module):
     Args:
         observation_space: ``Box`` (vector, or uint8 ``(H, W, C)`` image) or ``Discrete``.
         action_space: ``Discrete``, ``MultiDiscrete`` or ``Box``.
-        kind: sequence layer kind (``"mamba"``, ``"mamba2"``, ``"s4d"``, ``"s5"``, ``"gru"``, ``"lstm"``).
+        kind: sequence layer kind (``"mamba"``, ``"mamba2"``, ``"s4d"``, ``"s5"``, ``"gru"``,
+            ``"lstm"``).
         d_model: width of the residual stream.
         n_layers: number of sequence layers.
         in_context: feed the previous action, reward and done (RL²-style meta-RL).
         box_head: ``"gaussian"`` or ``"tanh"`` (tanh-Gaussian) for Box actions.
         encoder_hidden: hidden width of the vector encoder.
         layer_kwargs: passed to :func:`ssm.make_layer` (e.g. ``d_state``, ``backend``).
+        norm: LayerNorm placement, ``"pre"``, ``"post"`` or ``"none"`` (:mod:`ssm.stack`).
         spec: a :class:`~ssm.spec.PolicySpec` instead of all of the above.
     """
 
@@ -134,6 +136,7 @@ class SequencePolicy(nn.Module):
         box_head: str = "gaussian",
         encoder_hidden: int = 128,
         layer_kwargs: dict | None = None,
+        norm: str = "pre",
         *,
         spec: PolicySpec | None = None,
     ):
@@ -150,6 +153,7 @@ class SequencePolicy(nn.Module):
                 encoder_hidden=encoder_hidden,
                 layer_kwargs=dict(layer_kwargs or {}),
                 dtype=_default_dtype(),
+                norm=norm,
             )
         elif observation_space is not None or action_space is not None:
             raise ValueError("pass either spaces or a spec to SequencePolicy, not both")
@@ -173,9 +177,9 @@ class SequencePolicy(nn.Module):
         extra = self.prev_action_dim + 2 if spec.in_context else 0
         self.in_proj = nn.Linear(spec.d_model + extra, spec.d_model)
         self.layers, self.norms = make_stack(
-            spec.kind, spec.d_model, spec.n_layers, spec.layer_kwargs
+            spec.kind, spec.d_model, spec.n_layers, spec.layer_kwargs, spec.norm
         )
-        self.final_norm = LayerNorm(spec.d_model)
+        self.final_norm = nn.Identity() if spec.norm == "none" else LayerNorm(spec.d_model)
         self.head = make_head(spec.action, spec.d_model, spec.box_head)
         self.value = nn.Linear(spec.d_model, 1)
         nn.init.orthogonal_(self.value.weight, 1.0)
@@ -292,7 +296,7 @@ class SequencePolicy(nn.Module):
     ) -> tuple[Tensor, PolicyState]:
         """The residual stack in sequence mode and the final norm: ``x (B, L, d_model)`` ->
         features ``(B, L, d_model)`` and the new state."""
-        x, new_state = residual_forward(self.layers, self.norms, x, state, resets)
+        x, new_state = residual_forward(self.layers, self.norms, x, state, resets, self._spec.norm)
         return self.final_norm(x), new_state
 
     def core_step(
@@ -300,7 +304,7 @@ class SequencePolicy(nn.Module):
     ) -> tuple[Tensor, PolicyState]:
         """The residual stack in step mode and the final norm: ``x (B, d_model)`` -> features
         ``(B, d_model)`` and the new state."""
-        x, new_state = residual_step(self.layers, self.norms, x, state, reset)
+        x, new_state = residual_step(self.layers, self.norms, x, state, reset, self._spec.norm)
         return self.final_norm(x), new_state
 
     def heads(self, f: Tensor) -> PolicyOutput:

@@ -34,6 +34,8 @@ import numpy as np
 
 from .registry import KINDS
 
+NORM_PLACEMENTS = ("pre", "post", "none")
+"""LayerNorm placements of the residual stack (see :class:`PolicySpec` ``norm``)."""
 NETWORK = "ssm.SequencePolicy/1"
 """the network family and layout version this code builds"""
 NETWORKS = (NETWORK,)
@@ -216,6 +218,10 @@ class PolicySpec:
     """parameter dtype"""
     network: str = NETWORK
     """the network family and its layout version"""
+    norm: str = "pre"
+    """LayerNorm placement in the residual stack (:data:`NORM_PLACEMENTS`): ``pre``
+    ``x + f(norm(x))``, ``post`` ``norm(x + f(x))``, ``none`` ``x + f(x)`` and no final norm.
+    Left out of the JSON when ``pre``, so specs written before it keep their ids."""
 
     def __post_init__(self) -> None:
         try:
@@ -234,6 +240,8 @@ class PolicySpec:
         except (TypeError, ValueError) as e:
             raise ValueError(f"invalid PolicySpec: {e}") from None
         problems = []
+        if self.norm not in NORM_PLACEMENTS:
+            problems.append(f"norm must be one of {NORM_PLACEMENTS}, got {self.norm!r}")
         if self.network not in NETWORKS:
             problems.append(f"network must be one of {NETWORKS}, got {self.network!r}")
         if not isinstance(self.kind, str) or self.kind not in KINDS:
@@ -270,6 +278,8 @@ class PolicySpec:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["condition"] = list(self.condition)
+        if d["norm"] == "pre":  # the layout every spec had before the option: same JSON, same id
+            del d["norm"]
         return d
 
     @classmethod
@@ -281,7 +291,7 @@ class PolicySpec:
         unknown = sorted(map(str, set(data) - names))
         if unknown:
             raise ValueError(f"unknown PolicySpec key(s) {unknown}; known: {sorted(names)}")
-        missing = [f.name for f in fields(cls) if f.name not in data]
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name != "norm"]
         if missing:
             raise ValueError(f"PolicySpec misses key(s) {missing}")
         kwargs = dict(data)
@@ -321,7 +331,8 @@ class PolicySpec:
             total += d_in * h + h + h * d + d
         extra = self.prev_action_dim + 2 if self.in_context else 0
         total += (d + extra) * d + d  # in_proj
-        total += 2 * d * (self.n_layers + 1)  # the pre-norms and the final norm
+        if self.norm != "none":
+            total += 2 * d * (self.n_layers + 1)  # the layer norms and the final norm
         return total + d + 1  # value head
 
     @property

@@ -1,6 +1,9 @@
-"""The pre-norm residual stack of sequence layers, written once::
+"""The residual stack of sequence layers, written once. The LayerNorm placement is an option
+(``placement``; a plasticity lever, Lyle et al. 2023)::
 
-    x ← x + layer_i(norm_i(x))        for i = 1..n
+    pre   x ← x + layer_i(norm_i(x))        for i = 1..n   (the default)
+    post  x ← norm_i(x + layer_i(x))
+    none  x ← x + layer_i(x)                (the norms are identities)
 
 The stack is a pair of ``nn.ModuleList`` s (``layers``, ``norms``) owned by the network that
 uses it, so its parameters keep the names ``layers.i`` and ``norms.i``; the functions here run
@@ -20,17 +23,26 @@ from .norm import LayerNorm
 from .registry import make_layer
 
 StackState = tuple[tuple[Tensor, ...], ...]
+PLACEMENTS = ("pre", "post", "none")
 
 
 def make_stack(
-    kind: str, d_model: int, n_layers: int, layer_kwargs: Mapping[str, Any] | None = None
+    kind: str,
+    d_model: int,
+    n_layers: int,
+    layer_kwargs: Mapping[str, Any] | None = None,
+    placement: str = "pre",
 ) -> tuple[nn.ModuleList, nn.ModuleList]:
     """``(layers, norms)``: ``n_layers`` layers of ``kind`` (:func:`ssm.make_layer`) and their
-    pre-norms (:class:`ssm.norm.LayerNorm`), built in that order."""
+    norms (:class:`ssm.norm.LayerNorm`; identities for ``placement="none"``), built in that
+    order."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     layers = nn.ModuleList(
         make_layer(kind, d_model, **dict(layer_kwargs or {})) for _ in range(n_layers)
     )
-    norms = nn.ModuleList(LayerNorm(d_model) for _ in range(n_layers))
+    norm = nn.Identity if placement == "none" else LayerNorm
+    norms = nn.ModuleList(norm(d_model) for _ in range(n_layers))
     return layers, norms
 
 
@@ -51,12 +63,14 @@ def residual_forward(
     x: Tensor,
     state: StackState | None = None,
     resets: Tensor | None = None,
+    placement: str = "pre",
 ) -> tuple[Tensor, StackState]:
     """Sequence mode: ``x (B, L, d)`` -> ``(B, L, d)`` and the final state of each layer."""
     new_state = []
+    post = placement == "post"
     for i, (layer, norm) in enumerate(zip(layers, norms)):
-        y, s = layer(norm(x), None if state is None else state[i], resets)
-        x = x + y
+        y, s = layer(x if post else norm(x), None if state is None else state[i], resets)
+        x = norm(x + y) if post else x + y
         new_state.append(s)
     return x, tuple(new_state)
 
@@ -67,13 +81,15 @@ def residual_step(
     x: Tensor,
     state: StackState | None,
     reset: Tensor | None = None,
+    placement: str = "pre",
 ) -> tuple[Tensor, StackState]:
     """Step mode: ``x (B, d)`` -> ``(B, d)``; rows where ``reset (B,)`` is True start from a
     zero state."""
     new_state = []
+    post = placement == "post"
     for i, (layer, norm) in enumerate(zip(layers, norms)):
         s = None if state is None else zero_where(state[i], reset)
-        y, s = layer.step(norm(x), s)
-        x = x + y
+        y, s = layer.step(x if post else norm(x), s)
+        x = norm(x + y) if post else x + y
         new_state.append(s)
     return x, tuple(new_state)
