@@ -32,6 +32,7 @@ new ``nn.Parameter``) is not: call :meth:`refresh` after it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,14 @@ class _Fused:
         if ext is None:
             self.unsupported = "the fused step extension is not available"
             return
+        if any(p.is_inference() for p in params.values()):
+            _backend.log_once(
+                "fast-step-inference-params",
+                "ssm: the module's parameters are inference tensors (built under "
+                "torch.inference_mode): they carry no version counter, so the fused step "
+                "re-derives the S4D/S5 discretisation every call; build modules outside it",
+                logging.WARNING,
+            )
         with torch.no_grad():
             self._impl = ext.Stepper(cfg, params)
 

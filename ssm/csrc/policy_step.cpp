@@ -125,10 +125,35 @@ void linear(int64_t B, int64_t in, int64_t out, const T* x, int64_t ldx, const T
 template <typename T>
 inline T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
 
+// tanh(x) = sign(x) (-expm1(-2|x|)) / (2 + expm1(-2|x|)): written through expm1, which gcc
+// vectorises (libmvec has it; a tanhf call would keep the whole loop scalar).
+template <typename T>
+inline T tanh_v(T x) {
+  const T e = std::expm1(T(-2) * std::fabs(x));
+  return std::copysign(-e / (T(2) + e), x);
+}
+
 template <typename T>
 void tanh_inplace(int64_t n, T* x) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) x[i] = std::tanh(x[i]);
+  for (int64_t i = 0; i < n; ++i) x[i] = tanh_v(x[i]);
+}
+
+template <typename T>
+void sigmoid_inplace(int64_t n, T* x) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = T(1) / (T(1) + std::exp(-x[i]));
+}
+
+// o += v (acc) or o = v
+template <typename T>
+void add_or_copy(int64_t n, const T* v, T* o, bool acc) {
+  if (acc) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) o[i] += v[i];
+  } else {
+    std::memcpy(o, v, n * sizeof(T));
+  }
 }
 
 template <typename T>
@@ -499,15 +524,19 @@ void layer_step(const Layer& L, int64_t B, int64_t D, const T* u, T* res, bool a
         const T* hp = h + b * D;
         T* hn = sout[0] + b * D;
         T* o = res + b * D;
+        // r, z = sigmoid(gi + gh) over the first 2D; n = tanh(gi_n + r gh_n); simple loops, each
+        // of which gcc vectorises (one loop with everything in it stays scalar)
+        T* rz = const_cast<T*>(c);
+        T* nn = const_cast<T*>(a) + 2 * D;
 #pragma omp simd
-        for (int64_t i = 0; i < D; ++i) {
-          const T r = T(1) / (T(1) + std::exp(-(a[i] + c[i])));
-          const T z = T(1) / (T(1) + std::exp(-(a[D + i] + c[D + i])));
-          const T n = std::tanh(a[2 * D + i] + r * c[2 * D + i]);
-          const T v = (T(1) - z) * n + z * hp[i];
-          hn[i] = v;
-          o[i] = acc ? o[i] + v : v;
-        }
+        for (int64_t i = 0; i < 2 * D; ++i) rz[i] = a[i] + rz[i];
+        sigmoid_inplace<T>(2 * D, rz);
+#pragma omp simd
+        for (int64_t i = 0; i < D; ++i) nn[i] = nn[i] + rz[i] * c[2 * D + i];
+        tanh_inplace<T>(D, nn);
+#pragma omp simd
+        for (int64_t i = 0; i < D; ++i) hn[i] = (T(1) - rz[D + i]) * nn[i] + rz[D + i] * hp[i];
+        add_or_copy<T>(D, hn, o, acc);
       }
     } else {
       linear<T>(B, D, 4 * D, h, D, whh, D, L.ptr<T>("bias_hh"), gi, 4 * D, true);
@@ -518,18 +547,18 @@ void layer_step(const Layer& L, int64_t B, int64_t D, const T* u, T* res, bool a
         T* hn = sout[0] + b * D;
         T* cn = sout[1] + b * D;
         T* o = res + b * D;
+        T* ga = const_cast<T*>(a);
+        sigmoid_inplace<T>(2 * D, ga);           // i, f
+        tanh_inplace<T>(D, ga + 2 * D);          // g
+        sigmoid_inplace<T>(D, ga + 3 * D);       // o
 #pragma omp simd
-        for (int64_t i = 0; i < D; ++i) {
-          const T ig = T(1) / (T(1) + std::exp(-a[i]));
-          const T fg = T(1) / (T(1) + std::exp(-a[D + i]));
-          const T gg = std::tanh(a[2 * D + i]);
-          const T og = T(1) / (T(1) + std::exp(-a[3 * D + i]));
-          const T c = fg * (cp[i] * k) + ig * gg;
-          const T v = og * std::tanh(c);
-          cn[i] = c;
-          hn[i] = v;
-          o[i] = acc ? o[i] + v : v;
-        }
+        for (int64_t i = 0; i < D; ++i) cn[i] = a[D + i] * (cp[i] * k) + a[i] * a[2 * D + i];
+#pragma omp simd
+        for (int64_t i = 0; i < D; ++i) ga[2 * D + i] = cn[i];
+        tanh_inplace<T>(D, ga + 2 * D);
+#pragma omp simd
+        for (int64_t i = 0; i < D; ++i) hn[i] = a[3 * D + i] * a[2 * D + i];
+        add_or_copy<T>(D, hn, o, acc);
       }
     }
     return;
