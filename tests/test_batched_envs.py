@@ -262,3 +262,29 @@ def test_task_batched_collection_is_identical_through_either_env():
         )
     for a, b in zip(*trajs):
         assert_same_trajectory(a, b)
+
+
+def test_a_family_subclass_that_wraps_its_envs_is_not_batched_silently():
+    """A subclass that changes the per-task env (a wrapper, a slow-down) keeps it: the batched env
+    would skip it, so it is only used when asked for."""
+    import gymnasium as gym
+
+    from metarl.tasks.nav2d import Nav2DFamily
+
+    class Wrapped(Nav2DFamily):
+        def _make_task_env(self, task):
+            return gym.wrappers.TransformReward(super()._make_task_env(task), lambda r: 2 * r)
+
+    fam = Wrapped(max_episode_steps=5)
+    tasks = fam.sample(2, "train", seed=1)
+    env = fam.make_vector_env(tasks, seed=0)
+    assert isinstance(env, gym.vector.SyncVectorEnv)
+    env.reset(seed=0)
+    _, reward, *_ = env.step(np.zeros((2, 2), np.float32))
+    plain = Nav2DFamily(max_episode_steps=5).make_vector_env(tasks, seed=0)
+    plain.reset(seed=0)
+    _, plain_reward, *_ = plain.step(np.zeros((2, 2), np.float32))
+    np.testing.assert_allclose(reward, 2 * plain_reward)
+    assert not isinstance(
+        fam.make_vector_env(tasks, seed=0, batched=True), gym.vector.SyncVectorEnv
+    )

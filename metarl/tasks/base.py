@@ -168,6 +168,16 @@ class TaskFamily(abc.ABC):
         ``None`` where the family has none."""
         return None
 
+    def _env_customised(self) -> bool:
+        """Whether a subclass overrides ``make_env`` or ``_make_task_env`` below the class that
+        provides the batched env (e.g. to wrap each env), which the batched env cannot honour."""
+        cls = type(self)
+        owner = next((c for c in cls.__mro__ if "_make_batched_env" in vars(c)), TaskFamily)
+        return any(
+            getattr(cls, name) is not getattr(owner, name)
+            for name in ("_make_task_env", "make_env")
+        )
+
     def make_vector_env(
         self,
         tasks: list[Task],
@@ -183,7 +193,8 @@ class TaskFamily(abc.ABC):
         ``info["_final_obs"]``), so truncated episodes can be bootstrapped.
 
         ``batched``: one numpy step for all sub-envs (the family's batched env; the default where
-        it has one and ``asynchronous`` is off), or gymnasium's ``SyncVectorEnv`` /
+        it has one, ``asynchronous`` is off and no subclass changed ``make_env`` or
+        ``_make_task_env``), or gymnasium's ``SyncVectorEnv`` /
         ``AsyncVectorEnv`` over one env per sub-env (``False``). Both give the same observations,
         rewards, ends, infos and random draws.
         """
@@ -195,6 +206,8 @@ class TaskFamily(abc.ABC):
             self.check_task(task)
         sub_tasks = [task for task in tasks for _ in range(envs_per_task)]
         seeds = [None if seed is None else seed + j for j in range(len(sub_tasks))]
+        if batched is None and self._env_customised():
+            batched = False  # a subclass changed the per-task env: the batched one would skip it
         if batched is None or batched:
             if batched and asynchronous:
                 raise ValueError("batched=True steps in this process; pass asynchronous=False")
