@@ -3,6 +3,7 @@ for acting: one C++ call per environment step (``ssm/csrc/policy_step.cpp``).
 
     e = enc(o ⊕ c) [⊕ a_{t-1}, r_{t-1}, d_{t-1}];   x = W_in e
     x ← x + layer_i(norm_i(x))   for each layer;      f = norm(x)
+    (or the policy's other norm placement: x ← norm_i(x + layer_i(x)), or no norms)
     π = head(f),   V = w_v · f
 
 the arithmetic of :meth:`SequencePolicy.step` (the reference, and the source of truth: the tests
@@ -194,8 +195,9 @@ class FusedPolicyStep(_Fused):
         cfg.update(
             mode="policy",
             layer_prefixes=[f"layers.{i}." for i in range(p.n_layers)],
-            norm_eps=[float(n.eps) for n in p.norms],
-            final_eps=float(p.final_norm.eps),
+            placement=getattr(spec, "norm", "pre"),
+            norm_eps=[float(getattr(n, "eps", 1e-5)) for n in p.norms],
+            final_eps=float(getattr(p.final_norm, "eps", 1e-5)),
             obs="discrete" if discrete else "vector",
             d_obs=int(obs["n"]) if discrete else int(np.prod(p.obs_shape)),
             encoder_hidden=p.encoder.net[0].out_features,

@@ -268,3 +268,12 @@ def test_disabled_extension_falls_back(monkeypatch):
         got, new = fast.step_(obs, state)
         want, _ = policy.step(obs, policy.initial_state(2))
     assert new is state and torch.allclose(got.value, want.value)
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "none"])
+@pytest.mark.parametrize("kind", ["s4d", "mamba"])
+def test_every_norm_placement(kind, placement):
+    policy = make_policy(kind, norm=placement)
+    fast = FusedPolicyStep(policy)
+    assert fast.fused
+    assert run_both(policy, fast, 5) < 1e-5

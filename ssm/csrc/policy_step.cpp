@@ -693,6 +693,9 @@ class Stepper {
       d_obs_ = cfg["d_obs"].cast<int64_t>();
       hidden_ = cfg["encoder_hidden"].cast<int64_t>();
       final_eps_ = cfg["final_eps"].cast<double>();
+      placement_ = cfg["placement"].cast<std::string>();
+      TORCH_CHECK(placement_ == "pre" || placement_ == "post" || placement_ == "none",
+                  "fused policy step: norm placement must be pre, post or none");
       head_gauss_ = cfg["head"].cast<std::string>() == "gaussian";
       head_groups_ = cfg["head_groups"].cast<std::vector<int64_t>>();
       in_context_ = cfg["in_context"].cast<bool>();
@@ -983,20 +986,30 @@ class Stepper {
       linear<T>(B, ctx_dim_ + 2, D, ctx.data_ptr<T>(), ctx_dim_ + 2, pget("in_proj.weight") + D,
                 ldin, nullptr, x, D, true);
     }
-    // the residual stack
+    // the residual stack: pre  x <- x + f(LN x);  post  x <- LN(x + f x);  none  x <- x + f x
     for (size_t i = 0; i < layers_.size(); ++i) {
       const std::string pre = "norms." + std::to_string(i) + ".";
-      layer_norm_rows<T>(B, D, x, pget((pre + "weight").c_str()), pget((pre + "bias").c_str()),
-                         T(layers_[i].eps), u);
+      const T* nw = pget((pre + "weight").c_str());
+      const T* nb = pget((pre + "bias").c_str());
+      if (placement_ == "pre") {
+        layer_norm_rows<T>(B, D, x, nw, nb, T(layers_[i].eps), u);
+      } else {
+        std::memcpy(u, x, B * D * sizeof(T));
+      }
       std::vector<T*> sin, sout;
       for (size_t j = 0; j < st[i].size(); ++j) {
         sin.push_back(ptr_of(st[i][j]));
         sout.push_back(ptr_of(ost[i][j]));
       }
       layer_step<T>(layers_[i], B, D, u, x, true, sin, sout, keep, lw);
+      if (placement_ == "post") layer_norm_rows<T>(B, D, x, nw, nb, T(layers_[i].eps), x);
     }
-    layer_norm_rows<T>(B, D, x, pget("final_norm.weight"), pget("final_norm.bias"),
-                       T(final_eps_), u);
+    if (placement_ == "none") {
+      std::memcpy(u, x, B * D * sizeof(T));
+    } else {
+      layer_norm_rows<T>(B, D, x, pget("final_norm.weight"), pget("final_norm.bias"),
+                         T(final_eps_), u);
+    }
     // heads
     T* dp = dist.data_ptr<T>();
     linear<T>(B, D, 1, u, D, pget("value.weight"), D, pget("value.bias"), value.data_ptr<T>(), 1,
@@ -1034,7 +1047,7 @@ class Stepper {
   int64_t D_ = 0, d_obs_ = 0, hidden_ = 0, P_ = 0, ctx_dim_ = 0, derivations_ = 0;
   double final_eps_ = 1e-5;
   std::vector<int64_t> head_groups_, ctx_nvec_;
-  std::string ctx_action_;
+  std::string ctx_action_, placement_ = "pre";
 };
 
 }  // namespace
