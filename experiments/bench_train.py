@@ -41,6 +41,7 @@ import inspect
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -496,8 +497,21 @@ def summarize(runs: list[dict]) -> dict:
             "ratio_vs_baseline_range": [min(vs_base), max(vs_base)],
             "ratio_vs_anchor": statistics.median(vs_anchor) if vs_anchor else None,
             "ratio_vs_anchor_range": [min(vs_anchor), max(vs_anchor)] if vs_anchor else None,
+            "ratios_vs_anchor": vs_anchor,
         }
     return result
+
+
+def corrected_speedup(before: list[float], after: list[float], draws: int = 4000) -> tuple:
+    """median(after) / median(before) of the per-repeat ratios to the load anchor, and a 95%
+    percentile-bootstrap interval (each side resampled with replacement, seed 0)."""
+    rng = np.random.default_rng(0)
+    b, a = np.asarray(before), np.asarray(after)
+    boot = np.median(rng.choice(a, (draws, a.size)), 1) / np.median(
+        rng.choice(b, (draws, b.size)), 1
+    )
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(np.median(a) / np.median(b)), float(lo), float(hi)
 
 
 def write_report(out: Path, run: dict, append: bool) -> dict:
@@ -521,10 +535,12 @@ def write_report(out: Path, run: dict, append: bool) -> dict:
     return report
 
 
-def write_compare(before_path: Path, after_path: Path, md: Path) -> None:
+def write_compare(before_path: Path, after_path: Path, md: Path, notes: list[str]) -> None:
     """A before/after markdown table from two result files of this script."""
     before = json.loads(before_path.read_text())
     after = json.loads(after_path.read_text())
+    for r in (before, after):  # recomputed from the samples, so older summaries read the same
+        r["result"] = summarize(r["runs"])
 
     def fmt(x: float) -> str:
         return f"{x:.3g}" if x < 1000 else f"{x:.0f}"
@@ -547,7 +563,8 @@ def write_compare(before_path: Path, after_path: Path, md: Path) -> None:
             continue
         corrected = "n/a"
         if a["ratio_vs_anchor"] and b["ratio_vs_anchor"]:
-            corrected = f"{a['ratio_vs_anchor'] / b['ratio_vs_anchor']:.2f}x"
+            mid, lo, hi = corrected_speedup(b["ratios_vs_anchor"], a["ratios_vs_anchor"])
+            corrected = f"{mid:.2f}x ({lo:.2f}-{hi:.2f})"
         rows.append(
             f"| {name} | {a['policy']['kind']} ({a['policy']['params']}) | "
             f"{a['env_steps_per_iteration']} | {med_range(b, 'steps_per_second')} | "
@@ -566,7 +583,10 @@ def write_compare(before_path: Path, after_path: Path, md: Path) -> None:
         "repeat. `load-corrected after / before`: the same ratio taken against the baseline on "
         "gymnasium's `SyncVectorEnv` (the same code and env in both trees: "
         "`cleanrl_gru/ppo/nav2d/sync` after, `cleanrl_gru/ppo/nav2d` before), after over before; "
-        "the raw after / before mixes in the machine's load, which changed between the runs.",
+        "the raw after / before mixes in the machine's load, which changed between the runs. In "
+        "brackets: 95% bootstrap interval (per-repeat ratios resampled in each tree).",
+        "",
+        f"Table: `{shlex.join(['python', *sys.argv])}`",
         "",
         *rows,
         "",
@@ -575,9 +595,29 @@ def write_compare(before_path: Path, after_path: Path, md: Path) -> None:
         sb, sa = before["result"][n], after["result"][n]
         lines.append(
             f"{n}: {sb['seconds_per_iteration']:.1f} s before, {sa['seconds_per_iteration']:.1f} "
-            f"s after per outer iteration (median; {sa['env_steps_per_iteration']} env steps "
-            "each, support and query)."
+            f"s after per outer iteration (raw medians, load included; "
+            f"{sa['env_steps_per_iteration']} env steps each, support and query); the "
+            "load-corrected column is the figure to read."
         )
+    lines += [
+        "",
+        "Caveats:",
+        "",
+        "- The machine (2 cores) was shared with other jobs and its load changed within and "
+        "between runs: single samples of the same bench differ up to ~3x (the ranges above). "
+        "Hence interleaved repeats, medians, per-repeat ratios against a baseline timed in the "
+        "same repeat, and before/after runs alternated (before, after, before, after; "
+        "`--append` pools them). Differences under ~10-15% are within the noise.",
+        "- Only the `ppo/nav2d` rows are like for like with the baseline (same env, sizes and "
+        "update). RL² bandit (64 trials x 100 steps) and MAML nav2d (400 envs, a smaller "
+        "policy, no-grad collection batched over all tasks) are other workloads; their "
+        "`x baseline` only places them on the same scale.",
+        "- The baseline's throughput is what is compared, not its learning: with CleanRL's unit "
+        "initial action std on nav2d's +-0.1 actions it barely learns in this budget.",
+        "- Threads: `--threads` (torch intra-op) for every bench; the fused C++ kernels were "
+        "built once per tree in a private `TORCH_EXTENSIONS_DIR`, during the untimed warm-up.",
+        *[f"- {note}" for note in notes],
+    ]
     for label, r, path in (("before", before, before_path), ("after", after, after_path)):
         lines += [
             "",
@@ -641,10 +681,11 @@ def main() -> int:
         metavar=("BEFORE", "AFTER"),
         help="write a before/after table from two result files (no measuring)",
     )
+    ap.add_argument("--note", action="append", default=[], help="a caveat line for --compare")
     ap.add_argument("--md", type=Path, default=HERE / "results" / "bench_train.md")
     args = ap.parse_args()
     if args.compare:
-        write_compare(*args.compare, args.md)
+        write_compare(*args.compare, args.md, args.note)
         return 0
     for name in ("threads", "repeats", "ppo_envs", "ppo_steps", "epochs", "minibatches"):
         if getattr(args, name) < 1:
