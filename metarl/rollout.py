@@ -22,7 +22,7 @@ value of the next episode's first observation (``o_{t+1}``) or of a reset state.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Literal
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -76,6 +76,7 @@ class Rollout:
         seed: int | None = None,
         task_ids: Tensor | list[int] | None = None,
         sample_rows: tuple[int, int] | None = None,
+        fused_step: bool = False,
     ):
         if reset_state not in ("episode", "trial"):
             raise ValueError(f"reset_state must be 'episode' or 'trial', got {reset_state!r}")
@@ -95,6 +96,14 @@ class Rollout:
         )
         self.device, self.generator, self.seed = torch.device(device), generator, seed
         self.dtype = next(policy.parameters()).dtype
+        # fused_step: act through the fused C++ policy step (ssm.fast_step; the same outputs as
+        # policy.step to float rounding, ~1e-7, so sampled trajectories differ at that level; off
+        # by default so that runs stay bit-identical to the reference path)
+        self._stepper: Any = policy
+        if fused_step:
+            from ssm.fast_step import FusedPolicyStep
+
+            self._stepper = FusedPolicyStep(policy)
         self._set_envs(envs)
         self.task_ids = self._task_ids(task_ids)
         self.sample_rows: tuple[int, int] | None = None
@@ -263,7 +272,7 @@ class Rollout:
             ctx = self._step_context()
             # reset=None where no row resets: the same as an all-False mask (zeroing nothing)
             reset_t = self._tensor(reset) if reset.any() else None
-            out, state = policy.step(obs, self._state, reset=reset_t, **ctx)
+            out, state = self._stepper.step(obs, self._state, reset=reset_t, **ctx)
             action = policy.mode(out) if deterministic else self._sample(out)
             log_prob = policy.log_prob(out, action)
 
@@ -320,7 +329,7 @@ class Rollout:
         # V(o_T) with the state (and reset) step T would use; it equals values[0] of the next call.
         ctx = self._step_context()
         reset_t = self._tensor(self._reset_next) if self._reset_next.any() else None
-        last, _ = policy.step(self._obs_tensor(self._obs), self._state, reset=reset_t, **ctx)
+        last, _ = self._stepper.step(self._obs_tensor(self._obs), self._state, reset=reset_t, **ctx)
         host = {
             "rewards": self.dtype,
             "terminated": None,
