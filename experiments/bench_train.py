@@ -5,6 +5,7 @@ recurrent PPO written here as the baseline.
     python experiments/bench_train.py                       # all benches, 1 thread, 3 repeats
     python experiments/bench_train.py --threads 2 --repeats 5 --out /tmp/bench.json
     python experiments/bench_train.py --quick               # tiny budgets: checks that it runs
+    python experiments/bench_train.py --set KEY=VALUE       # a TrainConfig override, all benches
     python experiments/bench_train.py --compare BEFORE.json AFTER.json --md OUT.md
 
 Benches (each times whole training iterations: collection, advantages and the update):
@@ -325,12 +326,15 @@ def make_benches(args) -> list[Bench]:
         f"meta.meta_batch_size={args.maml_tasks}",
         f"meta.episodes_per_task={args.maml_episodes}",
     ]
+    extra = list(args.set)  # e.g. a speed option of the trainers, for every framework bench
+    sizes = list(ppo)  # the baseline reads only the PPO sizes
+    ppo, rl2, maml = [*ppo, *extra], [*rl2, *extra], [*maml, *extra]
     nav2d = {"algo": "ppo", "family": "nav2d"}
     configs = HERE / "configs"
     makers: dict[str, Callable[[], Bench]] = {
-        "cleanrl_gru/ppo/nav2d": lambda: baseline_bench(ppo, args.ppo_iters, args.seed),
+        "cleanrl_gru/ppo/nav2d": lambda: baseline_bench(sizes, args.ppo_iters, args.seed),
         "cleanrl_gru/ppo/nav2d/sync": lambda: baseline_bench(
-            ppo, args.ppo_iters, args.seed, sync=True
+            sizes, args.ppo_iters, args.seed, sync=True
         ),
         "ppo/nav2d/gru": lambda: framework_bench(
             "ppo/nav2d/gru", nav2d, [*ppo, "policy.kind=gru"], args.ppo_iters, args.seed
@@ -443,6 +447,7 @@ def measure(args) -> dict:
             "repeats": args.repeats,
             "seed": args.seed,
             "quick": args.quick,
+            "set": list(args.set),
             "sizes": {
                 k: getattr(args, k)
                 for k in ("ppo_envs", "ppo_steps", "epochs", "minibatches", "ppo_iters")
@@ -667,6 +672,13 @@ def main() -> int:
     ap.add_argument("--maml-tasks", type=int, default=20, help="MAML meta-batch size")
     ap.add_argument("--maml-episodes", type=int, default=20, help="MAML trajectories per task")
     ap.add_argument("--maml-iters", type=int, default=1, help="MAML iterations per timed sample")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dotted TrainConfig override for every framework bench (repeatable)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny budgets, one repeat (smoke test)")
     ap.add_argument("--out", type=Path, default=None, help="results JSON path")
     ap.add_argument(
