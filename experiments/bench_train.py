@@ -38,6 +38,7 @@ before/after markdown table from two such files.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -237,8 +238,14 @@ class Bench:
     info: dict
 
 
-def framework_bench(name: str, source, overrides: list[str], iterations: int, seed: int) -> Bench:
-    """A trainer exactly as ``metarl train`` builds it (``load_config`` -> ``build_trainer``)."""
+def framework_bench(
+    name: str, source, overrides: list[str], iterations: int, seed: int, fused: bool = False
+) -> Bench:
+    """A trainer exactly as ``metarl train`` builds it (``load_config`` -> ``build_trainer``).
+
+    ``fused`` (plain PPO, trees whose Rollout has ``fused_step``): the trainer's episode source
+    acts through a ``Rollout(..., fused_step=True)`` (no config key selects it yet)."""
+    from metarl import Rollout
     from metarl.config import load_config
     from metarl.runner import build_trainer
     from metarl.train_config import TrainConfig, build_family, build_policy
@@ -248,6 +255,16 @@ def framework_bench(name: str, source, overrides: list[str], iterations: int, se
     family = build_family(cfg)
     policy = build_policy(cfg, family)
     trainer = build_trainer(cfg, policy, family)
+    if fused:
+        src = trainer.source
+        src.rollout = Rollout(
+            policy,
+            src.envs,
+            generator=trainer.generator,
+            seed=src.seed,
+            task_ids=src.task_ids,
+            fused_step=True,
+        )
 
     def run() -> int:
         start = trainer.global_step
@@ -367,8 +384,20 @@ def make_benches(args) -> list[Bench]:
     unknown = [name for name in args.only if name not in makers]
     if unknown:
         raise ValueError(f"--only expects names from {sorted(makers)}, got {unknown}")
-    from metarl import make_family
+    from metarl import Rollout, make_family
 
+    if "fused_step" in inspect.signature(Rollout).parameters:  # the fused policy step exists
+        for kind in ("gru", "mamba"):
+            name = f"ppo/nav2d/{kind}+fused_step"
+            makers[name] = functools.partial(
+                framework_bench,
+                name,
+                nav2d,
+                [*ppo, f"policy.kind={kind}"],
+                args.ppo_iters,
+                args.seed,
+                fused=True,
+            )
     if "batched" not in inspect.signature(make_family("nav2d").make_vector_env).parameters:
         makers.pop("cleanrl_gru/ppo/nav2d/sync")  # before batched envs: the default is sync
     names = [n for n in args.only if n in makers] if args.only else list(makers)
