@@ -168,21 +168,9 @@ def cpu_ext() -> Any:
         try:
             from torch.utils import cpp_extension
 
-            src = CSRC.read_bytes()
             flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
-            key = hashlib.sha1(
-                src
-                + torch.__version__.encode()
-                + platform.machine().encode()
-                + _cpu_model().encode()
-                + " ".join(flags).encode()
-                # the environment: torch's JIT build arguments name its include folders, so two
-                # environments sharing one build folder would rebuild over each other
-                + sys.prefix.encode()
-                + str(Path(torch.__file__).resolve().parent).encode()
-            ).hexdigest()[:12]
             spec = {
-                "name": f"ssm_cpu_{key}",
+                "name": _build_name("ssm_cpu", CSRC, flags),
                 "sources": [str(CSRC)],
                 "extra_cflags": flags,
                 "extra_ldflags": ["-fopenmp"],
@@ -201,6 +189,23 @@ def cpu_ext() -> Any:
                 logging.WARNING,
             )
     return _cpu_ext
+
+
+def _build_name(prefix: str, source: Path, flags: list[str]) -> str:
+    """``prefix_<hash>``: the hash covers the source, the flags, torch's version, the machine and
+    the environment (torch's JIT build arguments name its include folders, so two environments
+    sharing one build folder would otherwise rebuild over each other), so a changed kernel,
+    another CPU or another environment never reuses a stale binary."""
+    key = hashlib.sha1(
+        source.read_bytes()
+        + torch.__version__.encode()
+        + platform.machine().encode()
+        + _cpu_model().encode()
+        + " ".join(flags).encode()
+        + sys.prefix.encode()
+        + str(Path(torch.__file__).resolve().parent).encode()
+    ).hexdigest()[:12]
+    return f"{prefix}_{key}"
 
 
 def _build_in_child(spec: dict[str, Any]) -> None:
@@ -260,17 +265,8 @@ def policy_step_ext() -> Any:
             from torch.utils import cpp_extension
 
             flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]
-            key = hashlib.sha1(
-                POLICY_STEP_SRC.read_bytes()
-                + torch.__version__.encode()
-                + platform.machine().encode()
-                + _cpu_model().encode()
-                + " ".join(flags).encode()
-                + sys.prefix.encode()
-                + str(Path(torch.__file__).resolve().parent).encode()
-            ).hexdigest()[:12]
             spec = {
-                "name": f"ssm_policy_step_{key}",
+                "name": _build_name("ssm_policy_step", POLICY_STEP_SRC, flags),
                 "sources": [str(POLICY_STEP_SRC)],
                 "extra_cflags": flags,
                 "verbose": False,
