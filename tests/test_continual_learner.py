@@ -344,11 +344,10 @@ def test_stage_end_matrices_take_each_stages_last_evaluation():
         stage_end_matrix(points[:3], [3, 2], "scores")
 
 
-def test_a_plugin_loss_on_the_outer_loss_adds_its_gradient_to_the_meta_gradient(monkeypatch):
-    """EWC on a MAML meta-initialisation is the same plugin as on PPO: its penalty's gradient at
-    θ is added to the meta-gradient, exactly."""
+def _meta_gradients_with(monkeypatch, make_plugin, strengths):
+    """The meta-gradient of one MAML step of a fresh learner (same seed) with the plugin
+    ``make_plugin(strength, params)`` added, per strength; and θ before the step."""
     import metarl.meta.train as meta_train
-    from continual.regularizers import L2Anchor
 
     cfg = tiny_config(*TINY_META[:-3])
     built = prepare_curriculum(cfg).build()
@@ -361,16 +360,28 @@ def test_a_plugin_loss_on_the_outer_loss_adds_its_gradient_to_the_meta_gradient(
 
     monkeypatch.setattr(meta_train, "_apply", spy)
     grads = []
-    for strength in (0.0, 3.0):
+    for strength in strengths:
         torch.manual_seed(0)
         learner = ContinualLearner(build_policy(cfg, built), cfg, built)
         params = dict(learner.policy.named_parameters())
-        anchor = L2Anchor(strength)
-        anchor.consolidate({k: torch.zeros_like(v) for k, v in params.items()})
-        learner.plugins.append(anchor)
+        learner.plugins.append(make_plugin(strength, params))
         theta = {k: v.detach().clone() for k, v in params.items()}
         learner.step()
         grads.append(seen[-1])
+    return grads, theta
+
+
+def test_a_plugin_loss_on_the_outer_loss_adds_its_gradient_to_the_meta_gradient(monkeypatch):
+    """EWC on a MAML meta-initialisation is the same plugin as on PPO: its penalty's gradient at
+    θ is added to the meta-gradient, exactly."""
+    from continual.regularizers import L2Anchor
+
+    def anchor_at_zero(strength, params):
+        anchor = L2Anchor(strength)
+        anchor.consolidate({k: torch.zeros_like(v) for k, v in params.items()})
+        return anchor
+
+    grads, theta = _meta_gradients_with(monkeypatch, anchor_at_zero, (0.0, 3.0))
     for name, g0 in grads[0].items():
         torch.testing.assert_close(grads[1][name] - g0, 2 * 3.0 * theta[name], msg=name)
 
@@ -378,36 +389,23 @@ def test_a_plugin_loss_on_the_outer_loss_adds_its_gradient_to_the_meta_gradient(
 def test_ewc_on_a_maml_initialisation_adds_exactly_2_lambda_F_theta_minus_anchor(monkeypatch):
     """The EWC plugin inside the continual harness: with a known diagonal Fisher F and anchor θ*,
     the meta-gradient of a MAML step grows by exactly 2 λ F (θ − θ*), parameter by parameter."""
-    import metarl.meta.train as meta_train
     from continual.regularizers import EWC
 
-    cfg = tiny_config(*TINY_META[:-3])
-    built = prepare_curriculum(cfg).build()
-    seen = []
-    apply = meta_train._apply
+    known: dict = {}
 
-    def spy(optimizer, named, grads, max_norm):
-        seen.append({k: g.clone() for k, g in grads.items()})
-        return apply(optimizer, named, grads, max_norm)
-
-    monkeypatch.setattr(meta_train, "_apply", spy)
-    lam, grads, fisher, anchor, theta = 2.5, [], {}, {}, {}
-    for strength in (0.0, lam):
-        torch.manual_seed(0)
-        learner = ContinualLearner(build_policy(cfg, built), cfg, built)
-        params = dict(learner.policy.named_parameters())
-        g = torch.Generator().manual_seed(1)
-        if not fisher:
-            fisher = {k: torch.rand(v.shape, generator=g) for k, v in params.items()}
-            anchor = {k: torch.randn(v.shape, generator=g) for k, v in params.items()}
+    def ewc_with_known_fisher(strength, params):
+        if not known:
+            g = torch.Generator().manual_seed(1)
+            known["F"] = {k: torch.rand(v.shape, generator=g) for k, v in params.items()}
+            known["anchor"] = {k: torch.randn(v.shape, generator=g) for k, v in params.items()}
         ewc = EWC(strength)
-        ewc.consolidate_fisher(anchor, fisher)
-        learner.plugins.append(ewc)
-        theta = {k: v.detach().clone() for k, v in params.items()}
-        learner.step()
-        grads.append(seen[-1])
+        ewc.consolidate_fisher(known["anchor"], known["F"])
+        return ewc
+
+    lam = 2.5
+    grads, theta = _meta_gradients_with(monkeypatch, ewc_with_known_fisher, (0.0, lam))
     for name, g0 in grads[0].items():
-        want = 2 * lam * fisher[name] * (theta[name] - anchor[name])
+        want = 2 * lam * known["F"][name] * (theta[name] - known["anchor"][name])
         torch.testing.assert_close(grads[1][name] - g0, want, msg=name)
 
 
