@@ -36,6 +36,7 @@ them), so runs that share a seed and budget share one reference.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -479,20 +480,44 @@ class SequenceRun:
         cfg, trainer = self.cfg, self.learner.trainer
         steps = cfg.meta.inner_steps if cfg.eval.adapt_steps is None else cfg.eval.adapt_steps
         num_steps = getattr(trainer, "num_steps", None) or self.built.max_episode_steps
-        pre, adapted = [], []
-        for stage in self.curriculum.stages:
-            p, a = adapted_scores(
-                self.built,
-                self.meta_learner,
-                list(stage.eval_tasks),
-                steps,
-                cfg.eval.adapt_episodes,
-                cfg.eval.seed,
-                num_steps,
-            )
-            pre.append(p)
-            adapted.append(a)
+        stages = self.curriculum.stages
+        pre, adapted = [math.nan] * len(stages), [math.nan] * len(stages)
+        for group, cols in self.learner.evaluation_groups(len(stages)).items():
+            # adapt from the parameters the group is scored with (PackNet: the stage's masks;
+            # progressive columns: the stage's column), as the greedy evaluation does
+            with self._live_params(self.learner.evaluation_params(group)):
+                for j in cols:
+                    pre[j], adapted[j] = adapted_scores(
+                        self.built,
+                        self.meta_learner,
+                        list(stages[j].eval_tasks),
+                        steps,
+                        cfg.eval.adapt_episodes,
+                        cfg.eval.seed,
+                        num_steps,
+                    )
         return pre, adapted
+
+    @contextlib.contextmanager
+    def _live_params(self, params: dict[str, torch.Tensor] | None):
+        """The live policy with ``params`` (parameters and buffers) in place, restored exactly
+        afterwards; nothing changes for ``None``."""
+        if params is None:
+            yield
+            return
+        policy = self.learner.policy
+        tensors = dict(policy.named_parameters())
+        tensors.update(policy.named_buffers())
+        saved = {n: t.detach().clone() for n, t in tensors.items() if n in params}
+        with torch.no_grad():
+            for n in saved:
+                tensors[n].copy_(params[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, value in saved.items():
+                    tensors[n].copy_(value)
 
     def _policy_with(self, params: dict[str, torch.Tensor]) -> SequencePolicy:
         if self._eval_policy is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from test_continual_learner import TINY, TINY_META
 
 import continual.sequence as seq
@@ -51,3 +52,44 @@ def test_forward_transfer_of_adaptation_by_hand():
     assert np.isnan(adapted_forward_transfer(np.array([[1.0]]), np.array([0.0]))[0])
     with pytest.raises(ValueError, match="square"):
         adapted_forward_transfer(np.ones((2, 3)), np.zeros(2))
+
+
+def test_the_adapted_evaluation_adapts_from_each_stage_s_own_parameters(monkeypatch):
+    """PackNet under MAML: stage j is adapted from the parameters it is scored with (its masks),
+    as in the greedy evaluation, and the live parameters are restored exactly afterwards."""
+    from continual.sequence import SequenceRun, prepare_curriculum
+
+    seen = []
+
+    def recording(built, learner, names, steps, episodes, seed, num_steps=None):
+        seen.append({k: v.detach().clone() for k, v in learner.policy.named_parameters()})
+        return 0.0, 0.0
+
+    monkeypatch.setattr(seq, "adapted_scores", recording)
+    cfg = load_config(
+        SequenceConfig,
+        None,
+        [
+            *TINY,
+            *TINY_META,
+            "regularizer.kind=packnet",
+            "replay.enabled=false",
+            "eval.every_iterations=100",
+        ],
+    )
+    run = SequenceRun(cfg, prepare_curriculum(cfg))
+    run.run_in_memory()
+    learner = run.learner
+    live = {k: v.detach().clone() for k, v in learner.policy.named_parameters()}
+    last_point = seen[-2:]  # the final evaluation: stage 0, then stage 1
+    groups = learner.evaluation_groups(2)
+    assert len(groups) == 2  # PackNet scores each stage with its own masks
+    for group, (j,) in groups.items():
+        want = learner.evaluation_params(group)
+        for name, value in last_point[j].items():
+            torch.testing.assert_close(value, want[name], rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(last_point[0][n], live[n]) for n in live)  # stage 0 was masked
+    with run._live_params(learner.evaluation_params(next(iter(groups)))):
+        pass
+    for name, value in learner.policy.named_parameters():
+        assert torch.equal(value, live[name]), name  # restored bit for bit
