@@ -593,7 +593,12 @@ def write_compare(before_path: Path, after_path: Path, md: Path, notes: list[str
     ]
     for name, a in after["result"].items():
         b = before["result"].get(name)
-        if b is None:
+        if b is None:  # a bench the old tree lacks
+            rows.append(
+                f"| {name} | {a['policy']['kind']} ({a['policy']['params']}) | "
+                f"{a['env_steps_per_iteration']} | - | {med_range(a, 'steps_per_second')} | - | "
+                f"- | {med_range(a, 'ratio_vs_baseline')} | - |"
+            )
             continue
         corrected = "n/a"
         if a["ratio_vs_anchor"] and b["ratio_vs_anchor"]:
@@ -625,6 +630,18 @@ def write_compare(before_path: Path, after_path: Path, md: Path, notes: list[str
         *rows,
         "",
     ]
+    for name in [n for n in after["result"] if n.endswith("+fused_step")]:
+        plain = name.removesuffix("+fused_step")
+        paired = [
+            (s["env_steps"] / s["seconds"]) / (p["env_steps"] / p["seconds"])
+            for run in after["runs"]
+            for s, p in zip(run["samples"][name], run["samples"][plain])
+        ]
+        lines.append(
+            f"{name} / {plain} (after, per-repeat pairs): median "
+            f"{statistics.median(paired):.2f}x (range {min(paired):.2f}-{max(paired):.2f})."
+        )
+        lines.append("")
     for n in [n for n in after["result"] if n.startswith("maml/") and n in before["result"]]:
         sb, sa = before["result"][n], after["result"][n]
         lines.append(
