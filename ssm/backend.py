@@ -192,12 +192,14 @@ def cpu_ext() -> Any:
 
 
 def _build_name(prefix: str, source: Path, flags: list[str]) -> str:
-    """``prefix_<hash>``: the hash covers the source, the flags, torch's version, the machine and
-    the environment (torch's JIT build arguments name its include folders, so two environments
-    sharing one build folder would otherwise rebuild over each other), so a changed kernel,
-    another CPU or another environment never reuses a stale binary."""
+    """``prefix_<hash>``: the hash covers the source (its text and its path), the flags, torch's
+    version, the machine and the environment (torch's JIT build arguments name its include
+    folders, so two environments sharing one build folder would otherwise rebuild over each
+    other), so a changed kernel, another CPU, checkout or environment never reuses a stale
+    binary."""
     key = hashlib.sha1(
         source.read_bytes()
+        + str(source.resolve()).encode()  # the build file names it: two checkouts, two folders
         + torch.__version__.encode()
         + platform.machine().encode()
         + _cpu_model().encode()
