@@ -116,6 +116,7 @@ def make_trainer(
         )
     else:
         source = StageEpisodes(ppo.num_envs, ppo.num_steps)
+    source.fused_step = ppo.fused_step
     return PPOTrainer(policy, source, ppo, return_window=None, average_stats=True)
 
 

@@ -38,10 +38,11 @@ class StageEpisodes:
 
     reset_state = "episode"
 
-    def __init__(self, num_envs: int, num_steps: int):
+    def __init__(self, num_envs: int, num_steps: int, fused_step: bool = False):
         self.num_steps = num_steps
         self.steps_per_iteration = num_envs * num_steps
         self.rollout: Rollout | None = None
+        self.fused_step = fused_step  # act through ssm.fast_step (ppo.fused_step)
 
     def bind(self, policy: torch.nn.Module, generator: torch.Generator) -> None:
         self.policy, self.generator = policy, generator
@@ -56,6 +57,7 @@ class StageEpisodes:
                 episodes_per_trial=getattr(self, "episodes_per_trial", None),
                 generator=self.generator,
                 task_ids=task_ids,
+                fused_step=self.fused_step,
             )
         else:
             self.rollout.envs.close()

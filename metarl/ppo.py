@@ -71,6 +71,9 @@ class PPOConfig:
     """stop an update early when approx-KL exceeds this"""
     seed: int = 1
     """the run's one seed"""
+    fused_step: bool = False
+    """act through the fused C++ policy step (ssm.fast_step): faster acting, the same outputs to
+    float rounding (~1e-7), so runs are no longer bit-identical to the reference path"""
 
     def __post_init__(self) -> None:
         check_bounds(
@@ -165,14 +168,21 @@ class EpisodeSource:
         num_steps: int,
         seed: int | None = None,
         task_ids: list[int] | None = None,
+        fused_step: bool = False,
     ):
         self.envs, self.num_steps, self.seed, self.task_ids = envs, num_steps, seed, task_ids
+        self.fused_step = fused_step
         self.steps_per_iteration = envs.num_envs * num_steps
         self.rollout: Rollout | None = None
 
     def bind(self, policy: SequencePolicy, generator: torch.Generator) -> None:
         self.rollout = Rollout(
-            policy, self.envs, generator=generator, seed=self.seed, task_ids=self.task_ids
+            policy,
+            self.envs,
+            generator=generator,
+            seed=self.seed,
+            task_ids=self.task_ids,
+            fused_step=self.fused_step,
         )
 
     def collect(self, iteration: int) -> Trajectory:
@@ -259,7 +269,9 @@ class PPOTrainer:
                 raise ValueError(
                     f"config.num_envs={config.num_envs} but envs has {source.num_envs} envs"
                 )
-            source = EpisodeSource(source, config.num_steps, seed=config.seed)
+            source = EpisodeSource(
+                source, config.num_steps, seed=config.seed, fused_step=config.fused_step
+            )
         if config.num_envs % config.num_minibatches:
             raise ValueError(
                 "num_minibatches must divide num_envs (minibatches are whole sequences)"

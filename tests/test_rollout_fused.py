@@ -34,3 +34,23 @@ def test_fused_rollout_matches_the_reference(kind):
                 getattr(got, name), getattr(ref, name), rtol=1e-4, atol=1e-5, msg=name
             )
         assert torch.equal(got.resets, ref.resets)
+
+
+def test_ppo_fused_step_reaches_the_rollout():
+    from metarl import PPOConfig, PPOTrainer
+
+    family = make_family("nav2d", max_episode_steps=5)
+    torch.manual_seed(0)
+    policy = SequencePolicy(family.observation_space, family.action_space, kind="gru", d_model=8)
+    config = PPOConfig(num_envs=2, num_steps=5, num_minibatches=1, total_steps=20, fused_step=True)
+    trainer = PPOTrainer(policy, family.make_vector_env(family.sample(2, seed=0), seed=0), config)
+    assert isinstance(trainer.source.rollout._stepper, FusedPolicyStep)
+    trainer.step()  # trains through it (the stepper follows the optimiser's in-place updates)
+    assert not isinstance(
+        PPOTrainer(
+            policy,
+            family.make_vector_env(family.sample(2, seed=0), seed=0),
+            PPOConfig(num_envs=2, num_steps=5, num_minibatches=1),
+        ).source.rollout._stepper,
+        FusedPolicyStep,
+    )
