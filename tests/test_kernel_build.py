@@ -37,6 +37,9 @@ def test_interrupted_build_leaves_no_compiler_and_no_lock(tmp_path):
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # a shell that starts jobs in the background (nohup, CI runners) ignores SIGINT for them,
+        # and Python keeps an inherited SIG_IGN: restore the default, as a terminal has it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(tmp_path.rglob("build.ninja")):
