@@ -142,53 +142,102 @@ def use_cuda_ssd(*tensors: Tensor, backend: str = "auto") -> bool:
 
 
 # -- the fused CPU kernel -------------------------------------------------------------------------
-_cpu_lock = threading.Lock()
-_cpu_ext: Any = None
-_cpu_ext_state = "unloaded"  # unloaded | loaded | failed
 CSRC = Path(__file__).parent / "csrc" / "ssm_cpu.cpp"
+POLICY_STEP_SRC = Path(__file__).parent / "csrc" / "policy_step.cpp"
 
 
 def cpu_kernels_enabled() -> bool:
     return os.environ.get("SSM_DISABLE_CPU_KERNELS", "0") not in ("1", "true", "yes")
 
 
+class _Extension:
+    """One C++ extension, built on first use (:func:`_build_in_child`, under a keyed
+    :func:`_build_name`) and loaded once; ``None`` where it cannot be built here or
+    ``SSM_DISABLE_CPU_KERNELS=1``."""
+
+    def __init__(
+        self,
+        prefix: str,
+        source: Path,
+        cflags: list[str],
+        ldflags: list[str],
+        what: str,
+        fallback: str,
+        log_key: str,
+    ) -> None:
+        self.prefix, self.source, self.cflags, self.ldflags = prefix, source, cflags, ldflags
+        self.what, self.fallback, self.log_key = what, fallback, log_key
+        self.lock = threading.Lock()
+        self.module: Any = None
+        self.state = "unloaded"  # unloaded | loaded | failed
+
+    def get(self) -> Any:
+        if self.state != "unloaded" or not cpu_kernels_enabled():
+            return self.module
+        with self.lock:
+            if self.state != "unloaded":
+                return self.module
+            try:
+                from torch.utils import cpp_extension
+
+                spec: dict[str, Any] = {
+                    "name": _build_name(self.prefix, self.source, self.cflags),
+                    "sources": [str(self.source)],
+                    "extra_cflags": self.cflags,
+                    "verbose": False,
+                }
+                if self.ldflags:
+                    spec["extra_ldflags"] = self.ldflags
+                _build_in_child(spec)
+                self.module = cpp_extension.load(**spec)  # built: ninja finds nothing to do
+                self.state = "loaded"
+                log_once(self.log_key, f"ssm: {self.what} loaded")
+            except Exception as e:  # no compiler, no ninja, ...
+                self.module, self.state = None, "failed"
+                log_once(
+                    f"{self.log_key}-failed",
+                    f"ssm: {self.what} unavailable ({type(e).__name__}: {e}); {self.fallback}",
+                    logging.WARNING,
+                )
+        return self.module
+
+
+_CPU = _Extension(
+    "ssm_cpu",
+    CSRC,
+    ["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+    ["-fopenmp"],
+    "fused CPU kernels",
+    "using the pure-torch reference path",
+    "cpu-kernels",
+)
+_POLICY_STEP = _Extension(
+    "ssm_policy_step",
+    POLICY_STEP_SRC,
+    ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"],
+    [],
+    "fused policy step",
+    "policies step through the reference path",
+    "policy-step",
+)
+
+
 def cpu_ext() -> Any:
     """The compiled CPU extension, built on first use; None if it can't be built here.
 
     The build is cached by torch (``TORCH_EXTENSIONS_DIR``) under a name that hashes the source,
-    the torch version and the machine, so a changed kernel or another CPU never reuses a stale
-    binary. Set ``SSM_DISABLE_CPU_KERNELS=1`` to force the pure-torch path.
+    the torch version, the machine and the environment (:func:`_build_name`), so a changed kernel
+    or another CPU never reuses a stale binary. Set ``SSM_DISABLE_CPU_KERNELS=1`` to force the
+    pure-torch path.
     """
-    global _cpu_ext, _cpu_ext_state
-    if _cpu_ext_state == "loaded" or _cpu_ext_state == "failed" or not cpu_kernels_enabled():
-        return _cpu_ext
-    with _cpu_lock:
-        if _cpu_ext_state != "unloaded":
-            return _cpu_ext
-        try:
-            from torch.utils import cpp_extension
+    return _CPU.get()
 
-            flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
-            spec = {
-                "name": _build_name("ssm_cpu", CSRC, flags),
-                "sources": [str(CSRC)],
-                "extra_cflags": flags,
-                "extra_ldflags": ["-fopenmp"],
-                "verbose": False,
-            }
-            _build_in_child(spec)
-            _cpu_ext = cpp_extension.load(**spec)  # built: ninja finds nothing to do
-            _cpu_ext_state = "loaded"
-            log_once("cpu-kernels", "ssm: fused CPU kernels loaded")
-        except Exception as e:  # no compiler, no ninja, ...
-            _cpu_ext, _cpu_ext_state = None, "failed"
-            log_once(
-                "cpu-kernels-failed",
-                f"ssm: fused CPU kernels unavailable ({type(e).__name__}: {e}); "
-                "using the pure-torch reference path",
-                logging.WARNING,
-            )
-    return _cpu_ext
+
+def policy_step_ext() -> Any:
+    """The compiled fused policy step (``ssm/csrc/policy_step.cpp``, used by
+    :mod:`ssm.fast_step`), built on first use like :func:`cpu_ext`; None where it can't be built
+    or ``SSM_DISABLE_CPU_KERNELS=1``."""
+    return _POLICY_STEP.get()
 
 
 def _build_name(prefix: str, source: Path, flags: list[str]) -> str:
@@ -244,48 +293,6 @@ def _build_in_child(spec: dict[str, Any]) -> None:
     if proc.returncode:
         tail = err.decode(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"building {spec['name']} failed: {' / '.join(tail)}")
-
-
-_policy_step_lock = threading.Lock()
-_policy_step_ext: Any = None
-_policy_step_state = "unloaded"  # unloaded | loaded | failed
-POLICY_STEP_SRC = Path(__file__).parent / "csrc" / "policy_step.cpp"
-
-
-def policy_step_ext() -> Any:
-    """The compiled fused policy step (``ssm/csrc/policy_step.cpp``, used by
-    :mod:`ssm.fast_step`), built on first use like :func:`cpu_ext` (a name keyed by source,
-    flags, torch, machine and environment; the build in a child process group); None where it
-    can't be built or ``SSM_DISABLE_CPU_KERNELS=1``."""
-    global _policy_step_ext, _policy_step_state
-    if _policy_step_state != "unloaded" or not cpu_kernels_enabled():
-        return _policy_step_ext
-    with _policy_step_lock:
-        if _policy_step_state != "unloaded":
-            return _policy_step_ext
-        try:
-            from torch.utils import cpp_extension
-
-            flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]
-            spec = {
-                "name": _build_name("ssm_policy_step", POLICY_STEP_SRC, flags),
-                "sources": [str(POLICY_STEP_SRC)],
-                "extra_cflags": flags,
-                "verbose": False,
-            }
-            _build_in_child(spec)
-            _policy_step_ext = cpp_extension.load(**spec)
-            _policy_step_state = "loaded"
-            log_once("policy-step", "ssm: fused policy step loaded")
-        except Exception as e:  # no compiler, no ninja, ...
-            _policy_step_ext, _policy_step_state = None, "failed"
-            log_once(
-                "policy-step-failed",
-                f"ssm: fused policy step unavailable ({type(e).__name__}: {e}); "
-                "policies step through the reference path",
-                logging.WARNING,
-            )
-    return _policy_step_ext
 
 
 def _cpu_model() -> str:

@@ -33,6 +33,7 @@ new ``nn.Parameter``) is not: call :meth:`refresh` after it.
 
 from __future__ import annotations
 
+import abc
 import logging
 from typing import Any
 
@@ -78,7 +79,7 @@ def _check_params(params: dict[str, Tensor]) -> None:
         raise ValueError("the fused step takes contiguous CPU parameters")
 
 
-class _Fused:
+class _Fused(abc.ABC):
     """What the policy and layer wrappers share: building the C++ stepper, the fallback."""
 
     _what = "step"
@@ -89,8 +90,9 @@ class _Fused:
         self.unsupported: str | None = None
         self.refresh()
 
+    @abc.abstractmethod
     def _build(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        raise NotImplementedError
+        """The C++ stepper's config and the tensors it reads (each wrapper describes its own)."""
 
     def refresh(self) -> None:
         """Re-read the module: its parameter objects and its structure (after parameters were

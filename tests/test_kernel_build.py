@@ -71,8 +71,8 @@ def test_build_name_depends_on_the_environment(monkeypatch):
     monkeypatch.setattr(cpp_extension, "load", fake_load)
     monkeypatch.setattr(backend, "_build_in_child", lambda spec: None)
     for prefix in ("/env/a", "/env/b", "/env/a"):
-        monkeypatch.setattr(backend, "_cpu_ext_state", "unloaded")
-        monkeypatch.setattr(backend, "_cpu_ext", None)
+        monkeypatch.setattr(backend._CPU, "state", "unloaded")
+        monkeypatch.setattr(backend._CPU, "module", None)
         monkeypatch.setattr(sys, "prefix", prefix)
         assert backend.cpu_ext() is None  # the failure is logged, the reference path is used
     assert names[0] != names[1] and names[0] == names[2]
