@@ -124,11 +124,21 @@ class DriftSettings:
 
     enabled: bool = False
     """watch the stream (with boundaries=known only to score the detector)"""
-    stream: Literal["critic_surprise", "log_value_loss", "value_loss", "return"] = "critic_surprise"
+    stream: Literal[
+        "critic_surprise", "log_value_loss", "value_loss", "return", "reward_surprise"
+    ] = "critic_surprise"
     """critic_surprise: log(value loss) − max(explained variance, −5), both of the critic on the
     iteration's data (unit-free; a new task makes the critic's loss jump and its explained
     variance drop); log_value_loss, value_loss; return: mean return of the episodes ended in the
-    iteration (use transform=fall)"""
+    iteration (use transform=fall); reward_surprise: how much worse a reward model of the recent
+    iterations predicts this iteration's rewards than it fits its own data, log ratio
+    (continual.reward_surprise; any learner, and it sees a new reward function whether or not the
+    policy gets worse; use transform=none)"""
+    reward_features: Literal["quadratic", "linear"] = "quadratic"
+    """stream=reward_surprise: the reward model's features of [observation, action]"""
+    reward_forget: float = 0.8
+    """stream=reward_surprise: decay of older iterations' data per iteration, in [0, 1) (the
+    model's window is about 1 / (1 − reward_forget) iterations)"""
     detector: Literal["page_hinkley", "adwin"] = "page_hinkley"
     """the test"""
     transform: Literal["none", "change", "rise", "fall"] = "rise"
@@ -397,10 +407,10 @@ class SequenceConfig:
                 )
             if d.adapt_iterations < 1 or d.acting_tasks < 1:
                 raise ValueError("drift.adapt_iterations and drift.acting_tasks must be >= 1")
-            if d.enabled and d.stream != "return":
+            if d.enabled and d.stream not in ("return", "reward_surprise"):
                 raise ValueError(
                     f"drift.stream={d.stream!r} reads a PPO critic; with a meta-learner watch "
-                    "drift.stream=return (the return before adaptation)"
+                    "drift.stream=reward_surprise or return (the return before adaptation)"
                 )
         if d.adapt_on_drift and (self.learner not in META_LEARNERS or not d.enabled):
             raise ValueError(
@@ -409,6 +419,8 @@ class SequenceConfig:
             )
         if d.scale <= 0 or d.discard_recent < 0:
             raise ValueError("drift.scale must be > 0 and drift.discard_recent >= 0")
+        if not 0.0 <= d.reward_forget < 1.0:
+            raise ValueError(f"drift.reward_forget must be in [0, 1), got {d.reward_forget!r}")
         e = self.eval
         if e.every_iterations < 1 or e.episodes < 1 or e.adapt_episodes < 1:
             raise ValueError(

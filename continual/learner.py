@@ -58,6 +58,7 @@ from .plasticity import make_metrics, make_remedy
 from .progressive import ProgressiveColumns, progressive_policy
 from .regularizers import EWC, L2Anchor
 from .replay import ReplayBuffer
+from .reward_surprise import RewardSurprise
 from .stage_tasks import StageEpisodes, StageFamily, StageTrials
 
 __all__ = ["LEARNER_SCHEMA_VERSION", "ContinualLearner", "make_trainer"]
@@ -198,6 +199,15 @@ class ContinualLearner:
         else:
             self.steps_per_iteration = self.trainer.source.steps_per_iteration
         self.monitor = make_monitor(config)
+        d = config.drift
+        self.reward_model: RewardSurprise | None = None
+        if d.enabled and d.stream == "reward_surprise":
+            self.reward_model = RewardSurprise(
+                built.observation_space,
+                built.action_space,
+                features=d.reward_features,
+                forget=d.reward_forget,
+            )
         self.acting: ActingPolicy | None = None
         if isinstance(self.trainer, MetaTrainer) and config.drift.enabled:
             d = config.drift
@@ -273,6 +283,11 @@ class ContinualLearner:
         self.stage_iteration += 1
         self.recent.append(self.trainer.last_batch)
         row = {"iteration": row.pop("iteration"), "learner_stage": self.stage, **row}
+        if self.reward_model is not None:
+            fresh = [self.trainer.last_batch]  # PPO, RL²: the rollout; meta: support and query
+            if getattr(self.trainer, "last_query", None) is not None:
+                fresh.append(self.trainer.last_query)
+            row["reward_surprise"] = self.reward_model.update(fresh)
         row["detection"] = self.observe(row)
         if self.acting is not None:
             row.update(self.acting.step(self.trainer, row["detection"]))
@@ -286,6 +301,8 @@ class ContinualLearner:
             return row.get("episodic_return", row.get("pre_return", math.nan))
         if stream == "value_loss":
             return row["value_loss"]
+        if stream == "reward_surprise":
+            return row["reward_surprise"]
         if stream == "log_value_loss":
             return math.log(max(row["value_loss"], 1e-12))
         # critic surprise; explained variance is NaN where the returns do not vary
@@ -313,6 +330,8 @@ class ContinualLearner:
         fired = self.monitor.update(self.global_step, **{stream: value})
         if not fired:
             return False
+        if self.reward_model is not None:  # a new distribution: the reward model starts over
+            self.reward_model.reset()
         self.detections.append(
             {
                 "step": self.global_step,
@@ -399,6 +418,7 @@ class ContinualLearner:
             "replay": None if self.replay is None else self.replay.state_dict(),
             "monitor": None if self.monitor is None else self.monitor.state_dict(),
             "stream_previous": self._stream_previous,
+            "reward_model": None if self.reward_model is None else self.reward_model.state_dict(),
             "snapshots": [dict(p) for p in self._snapshots],
             "acting": None if self.acting is None else self.acting.state_dict(),
             "remedy": None if self.remedy is None else self.remedy.state_dict(),
@@ -422,7 +442,8 @@ class ContinualLearner:
             maxlen=self._snapshots.maxlen,
         )
         self.recent = deque((Trajectory(**t) for t in state["recent"]), maxlen=self.recent.maxlen)
-        for name in ("regularizer", "replay", "monitor", "acting", "remedy", "plasticity_metrics"):
+        plugins = ("regularizer", "replay", "monitor", "acting", "remedy", "plasticity_metrics")
+        for name in (*plugins, "reward_model"):
             mine, saved = getattr(self, name), state.get(name)
             if (mine is None) != (saved is None):
                 raise ValueError(f"the checkpoint's {name} plugin does not match the config's")

@@ -432,8 +432,12 @@ def test_a_curriculum_file_is_read_as_an_override_and_copied_into_the_run(tmp_pa
         ["replay.kind=meta"],
         ["replay.kind=meta", "drift.enabled=true", "drift.stream=return"]
         + ["drift.adapt_on_drift=true", "drift.acting_tasks=2"],
+        ["replay.kind=meta", "boundaries=hidden", "drift.enabled=true"]
+        + ["drift.stream=reward_surprise", "drift.transform=none"]
+        + ["drift.page_hinkley.min_instances=1", "drift.page_hinkley.threshold=0.01"]
+        + ["drift.page_hinkley.delta=0.0"],
     ],
-    ids=["distill", "meta-replay", "meta-replay+acting"],
+    ids=["distill", "meta-replay", "meta-replay+acting", "hidden-reward-surprise"],
 )
 def test_a_maml_sequence_resumed_at_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, more):
     extra = [*TINY_META, *more]
@@ -441,7 +445,7 @@ def test_a_maml_sequence_resumed_at_a_stage_boundary_matches_an_uninterrupted_ru
     part = run_sequence(tiny_config(*extra, "run.stop_after=2", root=tmp_path / "b"))
     assert part.status == "stopped"
     resumed = resume_sequence(part.run.path, ["run.stop_after=null"])
-    for key in ("R", "R_pre", "R_adapt", "curves"):
+    for key in ("R", "R_pre", "R_adapt", "curves", "detections"):
         assert resumed.results[key] == whole.results[key], key
     a = RunDir.open(whole.run.path).load_checkpoint()["trainer"]["learner"]["trainer"]
     b = RunDir.open(resumed.run.path).load_checkpoint()["trainer"]["learner"]["trainer"]
@@ -553,6 +557,42 @@ DRIFT_META = [
     "drift.acting_tasks=2",
     "drift.adapt_iterations=2",
 ]
+
+
+def test_reward_surprise_reads_support_and_query_and_starts_over_at_a_detection(monkeypatch):
+    from continual.drift import Detection
+
+    cfg = tiny_config(
+        *TINY_META,
+        "boundaries=hidden",
+        "drift.enabled=true",
+        "drift.stream=reward_surprise",
+        "drift.transform=none",
+        "drift.page_hinkley.min_instances=1",
+    )
+    built = prepare_curriculum(cfg).build()
+    torch.manual_seed(0)
+    learner = ContinualLearner(build_policy(cfg, built), cfg, built)
+    first = learner.step()
+    assert math.isnan(first["reward_surprise"])  # no fit yet
+    model = learner.reward_model
+    support, query = learner.trainer.last_batch, learner.trainer.last_query
+    steps = support.T * support.B + query.T * query.B
+    assert float(model._n) == steps  # both the support and the query entered the fit
+    second = learner.step()
+    assert math.isfinite(second["reward_surprise"])
+    fire = lambda step, **values: [Detection("reward_surprise", step, 9.0)]  # noqa: E731
+    monkeypatch.setattr(learner.monitor, "update", fire)
+    third = learner.step()
+    assert third["detection"] and learner.stage == 1
+    assert float(model._n) == 0  # the new distribution starts a fresh fit
+
+
+def test_a_meta_learner_may_watch_reward_surprise_but_not_the_ppo_critic():
+    with pytest.raises(ConfigError, match="reward_surprise or return"):
+        tiny_config(*TINY_META, "drift.enabled=true", "drift.stream=critic_surprise")
+    with pytest.raises(ConfigError, match="reward_forget"):
+        tiny_config(*TINY_META, "drift.enabled=true", "drift.stream=return", "drift.reward_forget=1.5")
 
 
 def test_the_acting_agent_adapts_at_a_detection_and_acts_with_phi_for_a_window():

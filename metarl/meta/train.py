@@ -167,7 +167,8 @@ class MetaTrainer:
     outer loss at θ (the meta-initialisation; their gradient is added to the meta-gradient),
     their masks apply to the meta-gradient, and ``after_step`` runs after the outer optimiser
     step. (MAML-TRPO's constrained step takes no plugins.) :attr:`last_batch` is the support
-    data the last iteration collected with θ: what a continual plugin consolidates on.
+    data the last iteration collected with θ: what a continual plugin consolidates on;
+    :attr:`last_query`, the query data its adapted policies collected.
     """
 
     def __init__(
@@ -186,6 +187,7 @@ class MetaTrainer:
                 "constrained step takes none"
             )
         self.last_batch: Trajectory | None = None
+        self.last_query: Trajectory | None = None
         self.learner = make_learner(policy, config)
         self.collector = collector or LocalCollector(policy, family, vectorize=config.vectorize)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -304,7 +306,7 @@ class MetaTrainer:
                 raise FloatingPointError(f"meta-training: {name} is not finite at iteration {it}")
         _check_finite_params(learner.params(), it)
         self.iteration, self.global_step, self._elapsed = it, global_step, elapsed
-        self.last_batch = pre
+        self.last_batch, self.last_query = pre, post
         return row
 
     def _with_plugins(self, named: dict, grads: dict, extras: dict[str, Any]) -> dict:
