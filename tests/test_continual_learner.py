@@ -591,8 +591,8 @@ def test_reward_surprise_reads_support_and_query_and_starts_over_at_a_detection(
 def test_a_meta_learner_may_watch_reward_surprise_but_not_the_ppo_critic():
     with pytest.raises(ConfigError, match="reward_surprise or return"):
         tiny_config(*TINY_META, "drift.enabled=true", "drift.stream=critic_surprise")
-    with pytest.raises(ConfigError, match="reward_forget"):
-        tiny_config(*TINY_META, "drift.enabled=true", "drift.stream=return", "drift.reward_forget=1.5")
+    with pytest.raises(ConfigError, match="reward_forget"):  # checked with the detector off too
+        tiny_config(*TINY_META, "drift.reward_forget=2", "drift.stream=return")
 
 
 def test_the_acting_agent_adapts_at_a_detection_and_acts_with_phi_for_a_window():
