@@ -6,7 +6,9 @@ one episode of each of ``tasks`` fresh tasks of the current stage and logs its m
 (``acting_return``). It acts with θ, except after a drift detection when ``adapt_on_drift`` is on:
 then it adapts θ on the newest support batch, all of its tasks as one support set (fresh data of
 the new distribution), and acts with those parameters ``φ_drift`` for ``iterations`` iterations
-while meta-training goes on (``acting_adapted`` says which).
+while meta-training goes on (``acting_adapted`` says which). With ``readapt``, every iteration
+of that window adapts again, from the current θ on that iteration's support batch, so the acting
+parameters follow meta-training instead of staying at the θ of the detection.
 
 The comparison the issue asks for, "the return in the first iterations after each switch, with
 and without adapt-on-drift", is then ``acting_return`` over the iterations after each true switch
@@ -31,19 +33,22 @@ __all__ = ["ActingPolicy", "post_switch_returns"]
 class ActingPolicy:
     """The acting agent beside a :class:`metarl.meta.MetaTrainer` (see the module docstring)."""
 
-    def __init__(self, adapt_on_drift: bool, iterations: int, tasks: int):
+    def __init__(self, adapt_on_drift: bool, iterations: int, tasks: int, readapt: bool = True):
         self.adapt_on_drift, self.iterations, self.tasks = adapt_on_drift, iterations, tasks
+        self.readapt = readapt
         self.phi: dict[str, Tensor] | None = None
         self.left = 0  # iterations phi still acts for
 
     def step(self, trainer: Any, detected: bool) -> dict[str, Any]:
         """After a meta-training iteration: adapt if a detection just fired, then act."""
         learner = trainer.learner
-        if detected and self.adapt_on_drift and trainer.last_batch is not None:
+        again = self.readapt and self.phi is not None and self.left > 0
+        if (detected and self.adapt_on_drift or again) and trainer.last_batch is not None:
             support = learner.prepare(trainer.last_batch)  # every task as one support set
             phi = learner.adapt(learner.params(), support)
             self.phi = {k: v.detach().clone() for k, v in phi.items()}
-            self.left = self.iterations
+            if detected:
+                self.left = self.iterations
         acting = self.phi is not None and self.left > 0
         family, seed = trainer.family, int(trainer.config.seed)
         it = int(trainer.iteration)

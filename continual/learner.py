@@ -211,7 +211,9 @@ class ContinualLearner:
         self.acting: ActingPolicy | None = None
         if isinstance(self.trainer, MetaTrainer) and config.drift.enabled:
             d = config.drift
-            self.acting = ActingPolicy(d.adapt_on_drift, d.adapt_iterations, d.acting_tasks)
+            self.acting = ActingPolicy(
+                d.adapt_on_drift, d.adapt_iterations, d.acting_tasks, readapt=d.readapt
+            )
         self.stage = 0  # the learner's own stage: the known stage, or detections so far
         self.stage_iteration = 0
         self.detections: list[dict[str, Any]] = []

@@ -611,6 +611,27 @@ def test_the_acting_agent_adapts_at_a_detection_and_acts_with_phi_for_a_window()
     assert any(not torch.equal(acting.phi[k], theta[k]) for k in theta)  # φ moved from θ
 
 
+@pytest.mark.parametrize("readapt", [True, False])
+def test_readapt_adapts_the_acting_parameters_again_from_the_current_theta(readapt):
+    cfg = tiny_config(
+        *TINY_META, *DRIFT_META, "drift.adapt_on_drift=true", f"drift.readapt={readapt}"
+    )
+    built = prepare_curriculum(cfg).build()
+    torch.manual_seed(0)
+    learner = ContinualLearner(build_policy(cfg, built), cfg, built)
+    trainer, acting = learner.trainer, learner.acting
+    trainer.step()
+    acting.step(trainer, detected=True)
+    at_detection = {k: v.clone() for k, v in acting.phi.items()}
+    trainer.step()  # meta-training moves θ and collects a new support batch
+    assert acting.step(trainer, detected=False)["acting_adapted"]
+    meta = trainer.learner
+    again = meta.adapt(meta.params(), meta.prepare(trainer.last_batch))
+    expected = again if readapt else at_detection
+    assert all(torch.equal(acting.phi[k], expected[k].detach()) for k in expected)
+    assert any(not torch.equal(again[k], at_detection[k]) for k in again)
+
+
 def test_without_adapt_on_drift_theta_acts_and_the_report_has_one_value_per_switch():
     result = run_sequence(tiny_config(*TINY_META, *DRIFT_META), write=False)
     report = result.results["acting"]
