@@ -7,7 +7,9 @@
   and :class:`FineTuning`, :class:`L2Anchor`,
   :class:`EWC` (online, diagonal Fisher from :mod:`continual.fisher`); :mod:`continual.packnet`:
   :class:`PackNet`.
-- :mod:`continual.drift`: Page-Hinkley and ADWIN (river) over named scalar streams.
+- :mod:`continual.drift`: Page-Hinkley and ADWIN (river) over named scalar streams;
+  :mod:`continual.reward_surprise`: :class:`RewardSurprise`, a label-free stream for any learner
+  (a ridge reward model's prequential error: it sees a new reward function).
 - :mod:`continual.metrics`: Continual World metrics, detection scores and plots.
 - :mod:`continual.learner`: :class:`ContinualLearner`, any metarl trainer (PPO, RL², the MAML
   family) with the plugins above (:mod:`continual.distill`: the replay distillation loss and its
@@ -39,6 +41,7 @@ from .sum_tree import SumTree
 # use, so that `import continual` for EWC or replay in your own loop stays light.
 _LAZY = {
     "ContinualLearner": ".learner",
+    "RewardSurprise": ".reward_surprise",
     "SequenceConfig": ".config",
     "SequenceResult": ".sequence",
     "SequenceRun": ".sequence",
@@ -66,6 +69,7 @@ __all__ = [
     "ReplayBuffer",
     "ReplayConfig",
     "ReplayDistillation",
+    "RewardSurprise",
     "SequenceConfig",
     "SequenceResult",
     "SequenceRun",

@@ -36,14 +36,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
 
-from metarl.trajectory import Trajectory
+if TYPE_CHECKING:
+    from metarl.trajectory import Trajectory
 
 __all__ = ["REWARD_SURPRISE_SCHEMA_VERSION", "RewardSurprise"]
 
