@@ -94,22 +94,29 @@ def layer_candidates(B: int) -> dict[str, Any]:
         fast = FusedLayerStep(layer)
         if not fast.fused:
             raise RuntimeError(f"{kind}: fused layer step unavailable ({fast.unsupported})")
-        st = {"torch": layer.initial_state(B), "fused": layer.initial_state(B)}
-        st["inplace"] = layer.initial_state(B)
-
-        def torch_step(layer=layer, st=st):
-            _, st["torch"] = layer.step(x(), st["torch"])
-
-        def fused_step(fast=fast, st=st):
-            _, st["fused"] = fast.step(x(), st["fused"])
-
-        def fused_step_(fast=fast, st=st):
-            fast.step_(x(), st["inplace"])
-
-        c[f"{kind}_torch"] = torch_step
-        c[f"{kind}_fused"] = fused_step
-        c[f"{kind}_fused_inplace"] = fused_step_
+        c.update(step_candidates(kind, layer, fast, x, B))
     return c
+
+
+def step_candidates(name: str, module, fast, inputs, B: int) -> dict[str, Any]:
+    """``name``_torch / _fused / _fused_inplace: one step of ``module`` and of its fused step
+    ``fast`` on ``inputs()``, each carrying its own state of batch ``B``."""
+    st = {k: module.initial_state(B) for k in ("torch", "fused", "inplace")}
+
+    def torch_step():
+        _, st["torch"] = module.step(inputs(), st["torch"])
+
+    def fused_step():
+        _, st["fused"] = fast.step(inputs(), st["fused"])
+
+    def fused_step_():
+        fast.step_(inputs(), st["inplace"])
+
+    return {
+        f"{name}_torch": torch_step,
+        f"{name}_fused": fused_step,
+        f"{name}_fused_inplace": fused_step_,
+    }
 
 
 def policy_candidates(B: int, family) -> dict[str, Any]:
@@ -128,20 +135,7 @@ def policy_candidates(B: int, family) -> dict[str, Any]:
         fast = FusedPolicyStep(policy)
         if not fast.fused:
             raise RuntimeError(f"{kind}: fused policy step unavailable ({fast.unsupported})")
-        st = {k: policy.initial_state(B) for k in ("torch", "fused", "inplace")}
-
-        def torch_step(policy=policy, st=st):
-            _, st["torch"] = policy.step(o(), st["torch"])
-
-        def fused_step(fast=fast, st=st):
-            _, st["fused"] = fast.step(o(), st["fused"])
-
-        def fused_step_(fast=fast, st=st):
-            fast.step_(o(), st["inplace"])
-
-        c[f"policy_{kind}_torch"] = torch_step
-        c[f"policy_{kind}_fused"] = fused_step
-        c[f"policy_{kind}_fused_inplace"] = fused_step_
+        c.update(step_candidates(f"policy_{kind}", policy, fast, o, B))
     return c
 
 
