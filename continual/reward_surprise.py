@@ -92,10 +92,8 @@ class RewardSurprise:
         self._act_width = _input_width(action_space, "action")
         self._low = self._high = None
         if isinstance(action_space, gym.spaces.Box):
-            low = torch.as_tensor(action_space.low, dtype=torch.float64).reshape(-1)
-            high = torch.as_tensor(action_space.high, dtype=torch.float64).reshape(-1)
-            self._low = torch.where(torch.isfinite(low), low, torch.full_like(low, -math.inf))
-            self._high = torch.where(torch.isfinite(high), high, torch.full_like(high, math.inf))
+            self._low = torch.as_tensor(action_space.low, dtype=torch.float64).reshape(-1)
+            self._high = torch.as_tensor(action_space.high, dtype=torch.float64).reshape(-1)
         z = self._obs_width + self._act_width
         self.width = 1 + z + (z * (z + 1) // 2 if features == "quadratic" else 0)
         if self.width > max_features:
