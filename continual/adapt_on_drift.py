@@ -42,12 +42,13 @@ class ActingPolicy:
     def step(self, trainer: Any, detected: bool) -> dict[str, Any]:
         """After a meta-training iteration: adapt if a detection just fired, then act."""
         learner = trainer.learner
-        again = self.readapt and self.phi is not None and self.left > 0
-        if (detected and self.adapt_on_drift or again) and trainer.last_batch is not None:
+        start = detected and self.adapt_on_drift  # a detection opens the window
+        again = self.readapt and self.phi is not None and self.left > 0  # inside the window
+        if (start or again) and trainer.last_batch is not None:
             support = learner.prepare(trainer.last_batch)  # every task as one support set
             phi = learner.adapt(learner.params(), support)
             self.phi = {k: v.detach().clone() for k, v in phi.items()}
-            if detected:
+            if start:
                 self.left = self.iterations
         acting = self.phi is not None and self.left > 0
         family, seed = trainer.family, int(trainer.config.seed)
